@@ -1,0 +1,102 @@
+"""cfwf_async: a fast asyncio client for Cloudflare Workflows.
+
+Read an instance's status and step log, and fetch any step's full output, JSON or
+streamed bytes::
+
+    import anyio
+    from cfwf_async import WorkflowsSession
+
+    async def main() -> None:
+        async with WorkflowsSession() as session:
+            inst = await session.get_instance("checkout", "order-981")
+            print(inst.status)
+
+    anyio.run(main)
+"""
+
+from ._retry import RetryBudget
+from .errors import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    InternalServerError,
+    NotFoundError,
+    OutputTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    StreamError,
+    WorkflowsError,
+)
+from .models import (
+    INSTANCE_STATUSES,
+    TERMINAL_STATUSES,
+    Attempt,
+    ErrorInfo,
+    ErrorItem,
+    Instance,
+    InstanceRollback,
+    RetryConfig,
+    RollbackStep,
+    Schedule,
+    SleepStep,
+    Step,
+    StepConfig,
+    StepOutput,
+    StepRun,
+    TerminationStep,
+    Trigger,
+    UnknownStep,
+    WaitForEventStep,
+)
+from .ratelimit import Limiter, RateLimit, RateLimitInfo
+from .session import WorkflowsSession
+from .streaming import StepStream
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "INSTANCE_STATUSES",
+    "TERMINAL_STATUSES",
+    "APIConnectionError",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APITimeoutError",
+    "Attempt",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConflictError",
+    "ErrorInfo",
+    "ErrorItem",
+    "Instance",
+    "InstanceRollback",
+    "InternalServerError",
+    "Limiter",
+    "NotFoundError",
+    "OutputTooLargeError",
+    "PermissionDeniedError",
+    "RateLimit",
+    "RateLimitError",
+    "RateLimitInfo",
+    "RetryBudget",
+    "RetryConfig",
+    "RollbackStep",
+    "Schedule",
+    "SleepStep",
+    "Step",
+    "StepConfig",
+    "StepOutput",
+    "StepRun",
+    "StepStream",
+    "StreamError",
+    "TerminationStep",
+    "Trigger",
+    "UnknownStep",
+    "WaitForEventStep",
+    "WorkflowsError",
+    "WorkflowsSession",
+    "__version__",
+]

@@ -1,0 +1,463 @@
+"""The sans-I/O core: everything about the wire that needs no socket.
+
+Validate arguments, build paths, queries and headers, and turn an answer's
+``(status, headers, body)`` into a model or an exception. Pure functions and immutable
+values only, so most of the SDK is tested without a server.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import math
+import re
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Final, TypeVar
+from urllib.parse import quote, urlsplit
+
+import msgspec
+
+from . import errors
+from .models import (
+    Envelope,
+    ErrorItem,
+    Instance,
+    RollbackStep,
+    SleepStep,
+    StepOutput,
+    StepRun,
+    TerminationStep,
+    UnknownStep,
+    WaitForEventStep,
+)
+
+T = TypeVar("T")
+
+DEFAULT_BASE_URL: Final = "https://api.cloudflare.com/client/v4"
+
+STEP_TYPES: Final = ("step", "waitForEvent")
+ORDERS: Final = ("asc", "desc")
+WORKFLOW_NAME_MAX: Final = 64
+# User-created ids are at most 100 characters, but cron-triggered instances get longer,
+# system-generated ids. The API documents no upper bound for those; 1,024 keeps a
+# runaway argument from building a huge URL without refusing any real id.
+INSTANCE_ID_MAX: Final = 1024
+
+
+# ---------------------------------------------------------------------------
+# Arguments
+
+
+def check_str(name: str, value: object, *, max_len: int | None = None) -> str:
+    """Return ``value`` if it is a non-empty str (at most ``max_len`` chars), else raise."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{name} must not be empty")
+    if max_len is not None and len(value) > max_len:
+        raise ValueError(f"{name} must be at most {max_len} characters, got {len(value)}")
+    return value
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise naming the argument."""
+    if not isinstance(value, str) or value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an int >= 1 (bools refused), else raise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= 1, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value}")
+    return value
+
+
+def check_timeout(name: str, value: object, *, allow_none: bool = False) -> float | None:
+    """Return a positive finite number of seconds (or None when allowed)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def check_workflow_name(value: object) -> str:
+    return check_str("workflow_name", value, max_len=WORKFLOW_NAME_MAX)
+
+
+def check_instance_id(value: object) -> str:
+    return check_str("instance_id", value, max_len=INSTANCE_ID_MAX)
+
+
+def check_account_id(value: object) -> str:
+    if value is None:
+        raise ValueError(
+            "account_id is required: pass account_id= or set CLOUDFLARE_ACCOUNT_ID"
+        )
+    return check_str("account_id", value)
+
+
+# ---------------------------------------------------------------------------
+# URLs
+
+
+def segment(value: str) -> str:
+    """Percent-encode one path segment so that it can never change the path's shape.
+
+    Everything but ``A-Z a-z 0-9 - _ ~`` is encoded, ``.`` included, so ``..`` reaches
+    the server as the two characters of an id and never as a parent directory.
+    """
+    return quote(value, safe="").replace(".", "%2E")
+
+
+def query_string(params: Mapping[str, str]) -> str:
+    """Encode query parameters (values percent-encoded, ``+`` never used for space)."""
+    return "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
+
+
+def instance_path(account_id: str, workflow_name: str, instance_id: str) -> str:
+    return (
+        f"/accounts/{segment(account_id)}/workflows/{segment(workflow_name)}"
+        f"/instances/{segment(instance_id)}"
+    )
+
+
+def instances_path(account_id: str, workflow_name: str) -> str:
+    return f"/accounts/{segment(account_id)}/workflows/{segment(workflow_name)}/instances"
+
+
+_LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain"})
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if not host:
+        return False
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(value: str, *, allow_insecure_http: bool) -> str:
+    """Normalise ``base_url`` and refuse plain HTTP to a remote host.
+
+    Credentials travel in headers, so ``http://`` is only accepted for loopback hosts
+    (tests, the fake API) unless the caller opts in explicitly.
+    """
+    check_str("base_url", value)
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"base_url must be an http(s) URL with a host, got {value!r}")
+    if parts.query or parts.fragment:
+        raise ValueError("base_url must not have a query or fragment")
+    if parts.username or parts.password:
+        raise ValueError("base_url must not carry credentials")
+    if (
+        parts.scheme == "http"
+        and not allow_insecure_http
+        and not is_loopback_host(parts.hostname)
+    ):
+        raise ValueError(
+            "base_url uses plain http:// to a non-loopback host, which would send the "
+            "API token unencrypted; use https:// or pass allow_insecure_http=True"
+        )
+    return value.rstrip("/")
+
+
+# ---------------------------------------------------------------------------
+# Headers
+
+
+def auth_headers(
+    *, api_token: str | None, api_email: str | None, api_key: str | None
+) -> dict[str, str]:
+    """The authentication headers: a Bearer token, or the legacy email + global key."""
+    if api_token:
+        return {"Authorization": f"Bearer {api_token}"}
+    if api_email and api_key:
+        return {"X-Auth-Email": api_email, "X-Auth-Key": api_key}
+    if api_key or api_email:
+        raise ValueError(
+            "a global API key needs both api_email and api_key "
+            "(CLOUDFLARE_EMAIL and CLOUDFLARE_API_KEY); or set CLOUDFLARE_API_TOKEN"
+        )
+    raise ValueError(
+        "no credentials: pass api_token= or set CLOUDFLARE_API_TOKEN "
+        "(or api_email= and api_key=, CLOUDFLARE_EMAIL and CLOUDFLARE_API_KEY)"
+    )
+
+
+SECRET_HEADERS: Final = frozenset({"authorization", "x-auth-key", "x-auth-email"})
+
+
+# ---------------------------------------------------------------------------
+# Rate-limit headers
+
+
+class RateLimitInfo(msgspec.Struct, frozen=True, gc=False):
+    """What an answer's ``Ratelimit`` / ``Ratelimit-Policy`` headers say.
+
+    ``remaining`` requests are left and the window resets in ``reset`` seconds;
+    ``quota`` requests are allowed per ``window`` seconds. Any part may be None when the
+    header left it out or it did not parse.
+    """
+
+    remaining: int | None = None
+    reset: float | None = None
+    quota: int | None = None
+    window: float | None = None
+
+
+_PARAM_RE: Final = re.compile(r";\s*([A-Za-z][A-Za-z0-9_*-]*)\s*=\s*([^;,\s]+)")
+
+
+def _sf_params(value: str) -> dict[str, str]:
+    """Parameters of the first item of a structured-field list (RFC 8941, tolerant)."""
+    first = value.split(",", 1)[0]
+    return {k.lower(): v.strip('"') for k, v in _PARAM_RE.findall(first)}
+
+
+def _num(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def parse_ratelimit(
+    ratelimit: str | None, policy: str | None = None
+) -> RateLimitInfo | None:
+    """Parse ``Ratelimit: "default";r=<remaining>;t=<reset>`` and its policy header.
+
+    Garbage, missing parts and extra list items are tolerated; None when nothing useful
+    was found.
+    """
+    if not ratelimit and not policy:
+        return None
+    r = t = q = w = None
+    if ratelimit:
+        params = _sf_params(ratelimit)
+        r, t = _num(params.get("r")), _num(params.get("t"))
+    if policy:
+        params = _sf_params(policy)
+        q, w = _num(params.get("q")), _num(params.get("w"))
+    if r is None and t is None and q is None and w is None:
+        return None
+    return RateLimitInfo(
+        remaining=None if r is None else int(r),
+        reset=t,
+        quota=None if q is None else int(q),
+        window=w,
+    )
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """``Retry-After`` in seconds: delta-seconds or an HTTP date; None if unusable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+        return max(0.0, seconds)
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return seconds
+
+
+# ---------------------------------------------------------------------------
+# Answers
+
+_instance_decoder: Final = msgspec.json.Decoder(Envelope[Instance])
+_step_output_decoder: Final = msgspec.json.Decoder(Envelope[StepOutput])
+_any_envelope_decoder: Final = msgspec.json.Decoder(Envelope[Any])
+
+_KNOWN_STEPS: Final[dict[str, type[Any]]] = {
+    "step": StepRun,
+    "rollback": RollbackStep,
+    "sleep": SleepStep,
+    "waitForEvent": WaitForEventStep,
+    "termination": TerminationStep,
+}
+
+_STATUS_ERRORS: Final[dict[int, type[errors.APIStatusError]]] = {
+    400: errors.BadRequestError,
+    401: errors.AuthenticationError,
+    403: errors.PermissionDeniedError,
+    404: errors.NotFoundError,
+    409: errors.ConflictError,
+    429: errors.RateLimitError,
+}
+
+
+def _invalid(
+    what: str, exc: Exception, status: int, cf_ray: str | None
+) -> errors.APIResponseValidationError:
+    return errors.APIResponseValidationError(
+        f"{what}: the {status} answer does not decode: {exc}",
+        status_code=status,
+        cf_ray=cf_ray,
+    )
+
+
+def _result(env: Envelope[T], what: str, status: int, cf_ray: str | None) -> T:
+    if env.success is False or env.result is None:
+        messages = "; ".join(e.message for e in env.errors) or "no result"
+        raise errors.APIResponseValidationError(
+            f"{what}: the {status} answer has success={env.success} and no result "
+            f"({messages})",
+            status_code=status,
+            cf_ray=cf_ray,
+        )
+    return env.result
+
+
+def _decode_steps(steps: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for raw in steps:
+        if not isinstance(raw, dict):
+            raise msgspec.ValidationError("a step is not an object")
+        kind = raw.get("type")
+        cls = _KNOWN_STEPS.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            out.append(UnknownStep(type=str(kind), fields=raw))
+        else:
+            out.append(msgspec.convert(raw, cls))
+    return out
+
+
+def _decode_instance_slow(body: bytes) -> Envelope[Instance]:
+    """Second chance for a body the fast decoder refused: tolerate unknown step types.
+
+    Only runs when the fast path fails, so a log of known step types is decoded once.
+    """
+    env = _any_envelope_decoder.decode(body)
+    result = env.result
+    if result is None:
+        return Envelope(success=env.success, errors=env.errors, messages=env.messages)
+    if not isinstance(result, dict):
+        raise msgspec.ValidationError("result is not an object")
+    steps = result.pop("steps", None)
+    instance = msgspec.convert(result, Instance)
+    if steps is not None:
+        if not isinstance(steps, list):
+            raise msgspec.ValidationError("steps is not an array")
+        instance = msgspec.structs.replace(instance, steps=_decode_steps(steps))
+    return Envelope(
+        success=env.success,
+        errors=env.errors,
+        messages=env.messages,
+        result=instance,
+        result_info=env.result_info,
+    )
+
+
+def decode_instance(body: bytes, *, status: int = 200, cf_ray: str | None = None) -> Instance:
+    """Decode a 2xx ``get_instance`` body, raising APIResponseValidationError if broken."""
+    try:
+        env = _instance_decoder.decode(body)
+    except msgspec.ValidationError:
+        try:
+            env = _decode_instance_slow(body)
+        except (msgspec.DecodeError, ValueError, TypeError) as exc:
+            raise _invalid("instance", exc, status, cf_ray) from None
+    except msgspec.DecodeError as exc:
+        raise _invalid("instance", exc, status, cf_ray) from None
+    return _result(env, "instance", status, cf_ray)
+
+
+def decode_step_output(
+    body: bytes, *, status: int = 200, cf_ray: str | None = None
+) -> StepOutput:
+    """Decode a 2xx JSON ``get_step_output`` body."""
+    try:
+        env = _step_output_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise _invalid("step output", exc, status, cf_ray) from None
+    return _result(env, "step output", status, cf_ray)
+
+
+def decode_envelope(
+    body: bytes, result_type: type[T], *, what: str, status: int = 200, cf_ray: str | None = None
+) -> Envelope[T]:
+    """Decode any 2xx envelope whose ``result`` is ``result_type`` (used for listings)."""
+    try:
+        env: Envelope[T] = msgspec.json.decode(body, type=Envelope[result_type])  # type: ignore[valid-type]
+    except msgspec.DecodeError as exc:
+        raise _invalid(what, exc, status, cf_ray) from None
+    if env.success is False:
+        _result(env, what, status, cf_ray)
+    return env
+
+
+def _error_items(body: bytes) -> list[ErrorItem]:
+    """The envelope's error items, or [] for HTML, empty or non-envelope bodies."""
+    if not body or body.lstrip()[:1] != b"{":
+        return []
+    try:
+        env = _any_envelope_decoder.decode(body)
+    except msgspec.DecodeError:
+        return []
+    return env.errors
+
+
+def status_error(
+    status: int,
+    *,
+    method: str,
+    path: str,
+    body: bytes,
+    cf_ray: str | None,
+    retry_after: float | None = None,
+) -> errors.APIStatusError:
+    """Map a non-2xx answer to its exception, with Cloudflare's messages in the text."""
+    items = _error_items(body)
+    detail = "; ".join(f"{e.message} (code {e.code})" for e in items)
+    if not detail:
+        detail = "HTML or empty body" if body else "empty body"
+    message = f"{method} {path} returned {status}: {detail}"
+    if status == 429:
+        if retry_after is not None:
+            message += f"; retry after {retry_after:g} s"
+        return errors.RateLimitError(
+            message, status_code=status, errors=items, cf_ray=cf_ray, retry_after=retry_after
+        )
+    cls = _STATUS_ERRORS.get(status)
+    if cls is None:
+        cls = errors.InternalServerError if status >= 500 else errors.APIStatusError
+    return cls(message, status_code=status, errors=items, cf_ray=cf_ray)
+
+
+# ---------------------------------------------------------------------------
+# Query values
+
+
+def format_datetime(name: str, value: object) -> str:
+    """A timezone-aware datetime as UTC ISO 8601 with a trailing ``Z``."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"{name} must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware (a naive datetime is ambiguous)")
+    utc = value.astimezone(UTC).replace(tzinfo=None)
+    return utc.isoformat(timespec="milliseconds") + "Z"

@@ -1,0 +1,107 @@
+"""Which failures are retried, how long to wait, and how many retries a session may spend.
+
+Pure policy: no I/O, no clock except where a caller passes one in.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Final
+
+from . import errors
+
+RETRYABLE_STATUSES: Final = frozenset({408, 409, 429})
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Connection errors, timeouts, 408, 409, 429 and 5xx are worth another attempt."""
+    if isinstance(exc, errors.APIStatusError):
+        return exc.status_code in RETRYABLE_STATUSES or exc.status_code >= 500
+    return isinstance(exc, errors.APIConnectionError)
+
+
+class RetryPolicy:
+    """Exponential backoff with full jitter, honouring ``Retry-After`` up to a cap.
+
+    Attempt ``n`` (1 for the first retry) waits a random time in
+    ``[0, min(max_delay, base_delay * 2 ** (n - 1))]``, or exactly the server's
+    ``Retry-After`` when it sent one. A ``Retry-After`` above ``retry_after_cap`` is not
+    slept through: the error is raised at once, so a request handler is never parked
+    for minutes.
+    """
+
+    __slots__ = ("base_delay", "max_delay", "max_retries", "retry_after_cap")
+
+    def __init__(
+        self,
+        max_retries: int,
+        *,
+        base_delay: float = 0.5,
+        max_delay: float = 8.0,
+        retry_after_cap: float = 60.0,
+    ) -> None:
+        self.max_retries = max_retries
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.retry_after_cap = retry_after_cap
+
+    def delay(
+        self, retry: int, exc: BaseException, rng: random.Random | None = None
+    ) -> float | None:
+        """Seconds to wait before retry number ``retry`` (1-based), or None to give up."""
+        if retry > self.max_retries or not is_retryable(exc):
+            return None
+        if isinstance(exc, errors.RateLimitError) and exc.retry_after is not None:
+            if exc.retry_after > self.retry_after_cap:
+                return None
+            return exc.retry_after
+        ceiling = min(self.max_delay, self.base_delay * (2 ** (retry - 1)))
+        return (rng or random).uniform(0.0, ceiling)
+
+
+class RetryBudget:
+    """A session-wide retry quota, in the spirit of the AWS SDKs' retry token bucket.
+
+    Every retry spends ``retry_cost`` tokens (``timeout_cost`` after a timeout); every
+    successful call puts ``success_refund`` back, up to ``capacity``. With the bucket
+    empty a failing call gives up at once with its last error, so when the API is down
+    a busy session stops multiplying its load by ``max_retries + 1``: after the
+    bucket drains, each call costs one request.
+
+    Over a run of ``n`` calls that all fail, the total number of requests is at most
+    ``n + capacity // retry_cost``.
+    """
+
+    __slots__ = ("capacity", "retry_cost", "success_refund", "timeout_cost", "tokens")
+
+    def __init__(
+        self,
+        capacity: int = 500,
+        *,
+        retry_cost: int = 5,
+        timeout_cost: int = 10,
+        success_refund: int = 1,
+    ) -> None:
+        if capacity < 0 or retry_cost < 1 or timeout_cost < 1 or success_refund < 0:
+            raise ValueError("RetryBudget needs capacity >= 0 and costs >= 1")
+        self.capacity = capacity
+        self.retry_cost = retry_cost
+        self.timeout_cost = timeout_cost
+        self.success_refund = success_refund
+        self.tokens = capacity
+
+    def __repr__(self) -> str:
+        return f"RetryBudget(tokens={self.tokens}/{self.capacity})"
+
+    def try_spend(self, exc: BaseException) -> bool:
+        """Take the cost of retrying after ``exc``; False (nothing taken) when too few."""
+        cost = self.timeout_cost if isinstance(exc, errors.APITimeoutError) else self.retry_cost
+        if cost > self.tokens:
+            return False
+        self.tokens -= cost
+        return True
+
+    def refund(self) -> None:
+        """A call succeeded: put tokens back."""
+        if self.tokens < self.capacity:
+            self.tokens = min(self.capacity, self.tokens + self.success_refund)

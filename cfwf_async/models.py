@@ -1,0 +1,295 @@
+"""Typed models of what the Workflows API sends.
+
+Declarations only: decoding lives in :mod:`cfwf_async._protocol`. Attributes are
+snake_case; the few camelCase wire names (``versionId``, ``scheduledTime``) are renamed.
+Every model ignores fields it does not know, and every status stays a plain ``str`` so
+that values added by a newer API decode without error. Models are frozen and skip the
+cyclic garbage collector (``gc=False``): decoded answers hold no reference cycles, and
+leaving thousands of step objects out of GC scans is measurably faster.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, Union
+
+import msgspec
+
+__all__ = [
+    "INSTANCE_STATUSES",
+    "TERMINAL_STATUSES",
+    "Attempt",
+    "Envelope",
+    "ErrorInfo",
+    "ErrorItem",
+    "Instance",
+    "InstanceRollback",
+    "ResultInfo",
+    "RetryConfig",
+    "RollbackStep",
+    "Schedule",
+    "SleepStep",
+    "Step",
+    "StepConfig",
+    "StepOutput",
+    "StepRun",
+    "TerminationStep",
+    "Trigger",
+    "UnknownStep",
+    "WaitForEventStep",
+]
+
+T = TypeVar("T")
+
+#: Instance statuses the API documents today. The set is open: compare with these,
+#: never assume a status is one of them.
+INSTANCE_STATUSES: Final = frozenset(
+    {
+        "queued",
+        "running",
+        "paused",
+        "errored",
+        "terminated",
+        "complete",
+        "waitingForPause",
+        "waiting",
+        "rollingBack",
+    }
+)
+
+#: Statuses after which an instance never changes again.
+TERMINAL_STATUSES: Final = frozenset({"complete", "errored", "terminated"})
+
+
+class _Model(msgspec.Struct, frozen=True, gc=False, kw_only=True, omit_defaults=True):
+    """Base of every wire model: immutable, untracked by GC, keyword-only."""
+
+
+class ErrorItem(_Model, frozen=True):
+    """One entry of the envelope's ``errors`` or ``messages`` list."""
+
+    code: int = 0
+    message: str = ""
+
+
+class ResultInfo(_Model, frozen=True):
+    """Paging information some answers carry; ``cursor`` names the next page."""
+
+    count: int | None = None
+    per_page: int | None = None
+    total_count: int | None = None
+    cursor: str | None = None
+    page: int | None = None
+    total_pages: int | None = None
+
+
+class Envelope(_Model, Generic[T], frozen=True):
+    """Cloudflare's answer envelope around every JSON ``result``."""
+
+    success: bool | None = None
+    errors: list[ErrorItem] = []
+    messages: list[ErrorItem] = []
+    result: T | None = None
+    result_info: ResultInfo | None = None
+
+
+class ErrorInfo(_Model, frozen=True):
+    """A JavaScript error as the Workflows runtime recorded it."""
+
+    name: str = ""
+    message: str = ""
+
+
+class Trigger(_Model, frozen=True):
+    """What started an instance (or terminated it): ``api``, ``binding``, ``cron``, ..."""
+
+    source: str = "unknown"
+
+
+class Attempt(_Model, frozen=True):
+    """One try of a ``step.do``; ``end``, ``error`` and ``success`` are None while it runs."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    error: ErrorInfo | None = None
+    success: bool | None = None
+
+
+class RetryConfig(_Model, frozen=True):
+    """A step's retry policy. ``delay`` is ``"[dynamic]"`` when computed at run time."""
+
+    delay: str | int | float | None = None
+    limit: int | None = None
+    backoff: str | None = None
+
+
+class StepConfig(_Model, frozen=True):
+    """A step's configuration: retries, timeout, and ``sensitive="output"`` if redacted."""
+
+    retries: RetryConfig | None = None
+    timeout: str | int | float | None = None
+    sensitive: str | None = None
+
+
+class StepRun(_Model, tag_field="type", tag="step", frozen=True):
+    """A ``step.do`` entry of the instance log (``type == "step"``).
+
+    ``output`` is the step's value as a string, possibly truncated: fetch it whole with
+    :meth:`cfwf_async.WorkflowsSession.get_step_output`.
+    """
+
+    name: str = ""
+    start: datetime | None = None
+    end: datetime | None = None
+    success: bool | None = None
+    output: Any = None
+    attempts: list[Attempt] = []
+    config: StepConfig | None = None
+
+    @property
+    def type(self) -> str:
+        """The wire tag of this step, ``"step"``."""
+        return "step"
+
+
+class RollbackStep(StepRun, tag="rollback", frozen=True):
+    """A compensation step run while rolling back (``type == "rollback"``)."""
+
+    @property
+    def type(self) -> str:
+        """The wire tag of this step, ``"rollback"``."""
+        return "rollback"
+
+
+class SleepStep(_Model, tag_field="type", tag="sleep", frozen=True):
+    """A ``step.sleep`` / ``step.sleepUntil`` entry (``type == "sleep"``)."""
+
+    name: str = ""
+    start: datetime | None = None
+    end: datetime | None = None
+    finished: bool | None = None
+    error: ErrorInfo | None = None
+
+    @property
+    def type(self) -> str:
+        """The wire tag of this step, ``"sleep"``."""
+        return "sleep"
+
+
+class WaitForEventStep(_Model, tag_field="type", tag="waitForEvent", frozen=True):
+    """A ``step.waitForEvent`` entry (``type == "waitForEvent"``)."""
+
+    name: str = ""
+    start: datetime | None = None
+    end: datetime | None = None
+    finished: bool | None = None
+    error: ErrorInfo | None = None
+    output: Any = None
+    event_type: str | None = None
+
+    @property
+    def type(self) -> str:
+        """The wire tag of this step, ``"waitForEvent"``."""
+        return "waitForEvent"
+
+
+class TerminationStep(_Model, tag_field="type", tag="termination", frozen=True):
+    """The entry recording that an instance was terminated (``type == "termination"``)."""
+
+    trigger: Trigger | None = None
+
+    @property
+    def type(self) -> str:
+        """The wire tag of this step, ``"termination"``."""
+        return "termination"
+
+    @property
+    def name(self) -> str:
+        """Termination entries have no name; an empty string keeps step lists uniform."""
+        return ""
+
+
+class UnknownStep(_Model, frozen=True):
+    """A step of a type this version of cfwf_async does not know.
+
+    ``type`` is the wire tag and ``fields`` every field as decoded JSON, so that code
+    written against a newer API can still read it.
+    """
+
+    type: str
+    fields: dict[str, Any] = {}
+
+    @property
+    def name(self) -> str:
+        """The step's ``name`` field when it has one, else an empty string."""
+        value = self.fields.get("name")
+        return value if isinstance(value, str) else ""
+
+
+KnownStep = Union[StepRun, RollbackStep, SleepStep, WaitForEventStep, TerminationStep]  # noqa: UP007
+
+# msgspec decodes ``steps`` through a tagged union, which cannot hold an untagged
+# catch-all. At run time ``Step`` is therefore the union of known types; type checkers
+# see ``UnknownStep`` as well, because the decoder substitutes it for unknown tags.
+if TYPE_CHECKING:
+    Step = Union[KnownStep, UnknownStep]  # noqa: UP007
+else:
+    Step = KnownStep
+
+
+class InstanceRollback(_Model, frozen=True):
+    """Outcome of an instance's rollback: ``outcome`` is ``complete`` or ``failed``."""
+
+    outcome: str | None = None
+    error: ErrorInfo | None = None
+
+
+class Schedule(_Model, frozen=True):
+    """The cron schedule of a cron-triggered instance.
+
+    ``scheduled_time`` is the timestamp number the API sends, unchanged.
+    """
+
+    cron: str | None = None
+    scheduled_time: int | float | None = msgspec.field(default=None, name="scheduledTime")
+
+
+class Instance(_Model, frozen=True):
+    """A workflow instance: its status, timing, parameters, output and step log.
+
+    With ``simple=True`` the API leaves ``steps`` empty and only ``step_count`` is set.
+    """
+
+    status: str
+    queued: datetime | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    error: ErrorInfo | None = None
+    output: Any = None
+    params: Any = None
+    step_count: int | None = None
+    steps: list[Step] = []
+    success: bool | None = None
+    trigger: Trigger | None = None
+    version_id: str | None = msgspec.field(default=None, name="versionId")
+    rollback: InstanceRollback | None = None
+    schedule: Schedule | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the instance can no longer change (complete, errored, terminated)."""
+        return self.status in TERMINAL_STATUSES
+
+
+class StepOutput(_Model, frozen=True):
+    """The full output of one step, as JSON.
+
+    ``status`` is ``running``, ``waiting``, ``complete`` or ``errored`` (open set).
+    ``status == "running"`` with an ``error`` means the step is retrying after a failed
+    attempt. Sensitive outputs come back as the string ``"[REDACTED]"``.
+    """
+
+    status: str
+    error: ErrorInfo | None = None
+    output: Any = None
+    event_type: str | None = None

@@ -1,0 +1,406 @@
+"""WorkflowsSession: the one place that owns aiohttp and does I/O."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Final, Self, TypeVar
+
+import aiohttp
+import anyio
+from yarl import URL
+
+from . import _protocol as proto
+from . import errors
+from ._retry import RetryBudget, RetryPolicy
+from .models import Instance, StepOutput
+from .ratelimit import Limiter, RateLimit
+from .streaming import StepStream
+
+__all__ = ["WorkflowsSession"]
+
+logger = logging.getLogger("cfwf_async")
+
+T = TypeVar("T")
+
+
+class _Default:
+    """Marks an argument left at its default (so ``None`` can mean "disabled")."""
+
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+_DEFAULT: Final = _Default()
+_OCTET_STREAM: Final = "application/octet-stream"
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+class WorkflowsSession:
+    """An async client for Cloudflare Workflows' instance and step-output endpoints.
+
+    Every argument is optional where the environment can supply it::
+
+        async with WorkflowsSession() as session:  # CLOUDFLARE_API_TOKEN, CLOUDFLARE_ACCOUNT_ID
+            inst = await session.get_instance("checkout", "order-981")
+            print(inst.status, [s.name for s in inst.steps])
+
+    Arguments (all keyword-only):
+
+    ``api_token``
+        An API token (``Authorization: Bearer``); else ``CLOUDFLARE_API_TOKEN``.
+    ``api_email``, ``api_key``
+        The legacy global key pair; else ``CLOUDFLARE_EMAIL`` / ``CLOUDFLARE_API_KEY``.
+    ``account_id``
+        Default account for every call; else ``CLOUDFLARE_ACCOUNT_ID``. Each call may
+        override it.
+    ``base_url``
+        Else ``CLOUDFLARE_BASE_URL``, else ``https://api.cloudflare.com/client/v4``.
+        Plain ``http://`` is refused unless the host is loopback or
+        ``allow_insecure_http=True``.
+    ``timeout``
+        Seconds for one attempt of a JSON call (connect, headers and body). For a
+        streamed output it bounds connecting and each wait for the next chunk, never
+        the whole download.
+    ``max_retries``
+        Extra attempts after connection errors, timeouts, 408, 409, 429 and 5xx.
+    ``retry_after_cap``
+        A 429 asking to wait longer than this raises :class:`RateLimitError` at once
+        (and so does any call while that wait lasts) instead of sleeping.
+    ``retry_budget``
+        A :class:`RetryBudget` shared by every call of the session, so that retries stop
+        multiplying load when most calls fail; ``None`` disables it.
+    ``http_session``
+        A caller's :class:`aiohttp.ClientSession`: used, never closed by us.
+    ``rate_limit``
+        A :class:`~cfwf_async.ratelimit.Limiter` shared by every call of the session;
+        defaults to a fresh ``RateLimit(1200, 300.0)`` (Cloudflare's account quota).
+        ``None`` disables client-side limiting (a 429 still pauses the session).
+    """
+
+    def __init__(
+        self,
+        *,
+        api_token: str | None = None,
+        api_email: str | None = None,
+        api_key: str | None = None,
+        account_id: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 2,
+        http_session: aiohttp.ClientSession | None = None,
+        rate_limit: Limiter | _Default | None = _DEFAULT,
+        retry_after_cap: float = 60.0,
+        retry_budget: RetryBudget | _Default | None = _DEFAULT,
+        allow_insecure_http: bool = False,
+    ) -> None:
+        env = os.environ
+        if api_token is None and api_email is None and api_key is None:
+            api_token = env.get("CLOUDFLARE_API_TOKEN") or None
+            if api_token is None:
+                api_email = env.get("CLOUDFLARE_EMAIL") or None
+                api_key = env.get("CLOUDFLARE_API_KEY") or None
+        self._headers: Final[dict[str, str]] = {
+            **proto.auth_headers(api_token=api_token, api_email=api_email, api_key=api_key),
+            "User-Agent": f"cfwf_async/{_version()}",
+            "Accept": "application/json",
+        }
+        self._auth_kind: Final = "token" if api_token else "global key"
+
+        if account_id is None:
+            account_id = env.get("CLOUDFLARE_ACCOUNT_ID") or None
+        if account_id is not None:
+            proto.check_account_id(account_id)
+        self.account_id: str | None = account_id
+
+        if base_url is None:
+            base_url = env.get("CLOUDFLARE_BASE_URL") or proto.DEFAULT_BASE_URL
+        self.base_url: Final[str] = proto.check_base_url(
+            base_url, allow_insecure_http=allow_insecure_http
+        )
+
+        self.timeout: Final[float] = proto.check_timeout("timeout", timeout) or 60.0
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        cap = proto.check_timeout("retry_after_cap", retry_after_cap) or 60.0
+        self._policy: Final = RetryPolicy(max_retries, retry_after_cap=cap)
+        self._budget: RetryBudget | None = (
+            RetryBudget() if isinstance(retry_budget, _Default) else retry_budget
+        )
+
+        if isinstance(rate_limit, _Default):
+            rate_limit = RateLimit(1200, 300.0)
+        if rate_limit is not None and not isinstance(rate_limit, Limiter):
+            raise TypeError("rate_limit must be a RateLimit, a Limiter or None")
+        self.rate_limit: Final[Limiter | None] = rate_limit
+        self._blocked_until = 0.0
+
+        if http_session is not None and not isinstance(http_session, aiohttp.ClientSession):
+            raise TypeError("http_session must be an aiohttp.ClientSession")
+        self._http = http_session
+        self._owns_http: Final = http_session is None
+        self._closed = False
+
+        self._json_timeout: Final = aiohttp.ClientTimeout(total=self.timeout)
+        # Streams: bound connecting and each read, never the whole body.
+        self._stream_timeout: Final = aiohttp.ClientTimeout(
+            total=None, connect=self.timeout, sock_read=self.timeout
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"WorkflowsSession(account_id={self.account_id!r}, base_url={self.base_url!r}, "
+            f"auth={self._auth_kind!r})"
+        )
+
+    # -- lifetime ------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._client()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP session if this object created it (a caller's stays open)."""
+        self._closed = True
+        http, self._http = self._http, None
+        if http is not None and self._owns_http and not http.closed:
+            await http.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError("this WorkflowsSession is closed")
+        http = self._http
+        if http is None:
+            http = self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
+                auto_decompress=True,
+            )
+        return http
+
+    # -- public calls ------------------------------------------------------------
+
+    async def get_instance(
+        self,
+        workflow_name: str,
+        instance_id: str,
+        *,
+        order: str | None = None,
+        simple: bool | None = None,
+        account_id: str | None = None,
+    ) -> Instance:
+        """Status, timing and step log of one instance.
+
+        ``order`` is ``"asc"`` (oldest step first, the API's default) or ``"desc"``;
+        ``simple=True`` skips the step details (``steps`` is empty, ``step_count`` set)::
+
+            inst = await session.get_instance("checkout", "order-981", order="desc")
+            for step in inst.steps:
+                print(step.type, step.name)
+        """
+        account = self._account(account_id)
+        proto.check_workflow_name(workflow_name)
+        proto.check_instance_id(instance_id)
+        query: dict[str, str] = {}
+        if order is not None:
+            query["order"] = proto.check_choice("order", order, proto.ORDERS)
+        if simple is not None:
+            if not isinstance(simple, bool):
+                raise TypeError(f"simple must be a bool, got {type(simple).__name__}")
+            query["simple"] = "true" if simple else "false"
+        path = proto.instance_path(account, workflow_name, instance_id)
+        return await self._call(path, query, self._decode_instance)
+
+    async def get_step_output(
+        self,
+        workflow_name: str,
+        instance_id: str,
+        *,
+        name: str,
+        type: str = "step",
+        attempt: int | None = None,
+        account_id: str | None = None,
+    ) -> StepOutput | StepStream:
+        """The full output of one step: a :class:`StepOutput` or a :class:`StepStream`.
+
+        ``name`` is the exact step name from the instance log (``"fetch page-1"``),
+        ``type`` is ``"step"`` or ``"waitForEvent"``, ``attempt`` picks one attempt
+        (1-based). A step that returned a ``ReadableStream`` comes back as a
+        :class:`StepStream` that must be consumed or closed::
+
+            out = await session.get_step_output("etl", "run-7", name="export-1")
+            if isinstance(out, StepStream):
+                async with out:
+                    await out.save("export.bin")
+            else:
+                print(out.status, out.output)
+        """
+        account = self._account(account_id)
+        proto.check_workflow_name(workflow_name)
+        proto.check_instance_id(instance_id)
+        query = {
+            "name": proto.check_str("name", name),
+            "type": proto.check_choice("type", type, proto.STEP_TYPES),
+        }
+        if attempt is not None:
+            query["attempt"] = str(proto.check_positive_int("attempt", attempt))
+        path = proto.instance_path(account, workflow_name, instance_id) + "/step"
+        return await self._call(path, query, self._decode_step_output, stream=True)
+
+    # -- machinery -----------------------------------------------------------------
+
+    def _account(self, account_id: str | None) -> str:
+        return proto.check_account_id(account_id if account_id is not None else self.account_id)
+
+    @staticmethod
+    async def _decode_instance(resp: aiohttp.ClientResponse, ray: str | None) -> Instance:
+        body = await resp.read()
+        return proto.decode_instance(body, status=resp.status, cf_ray=ray)
+
+    @staticmethod
+    async def _decode_step_output(
+        resp: aiohttp.ClientResponse, ray: str | None
+    ) -> StepOutput | StepStream:
+        if resp.content_type == _OCTET_STREAM:
+            return StepStream(resp, cf_ray=ray)
+        body = await resp.read()
+        return proto.decode_step_output(body, status=resp.status, cf_ray=ray)
+
+    async def _call(
+        self,
+        path: str,
+        query: Mapping[str, str],
+        decode: Callable[[aiohttp.ClientResponse, str | None], Awaitable[T]],
+        *,
+        stream: bool = False,
+    ) -> T:
+        """One API call: limiter, attempt, classify, and retries per the policy."""
+        http = self._client()
+        target = self.base_url + path
+        if query:
+            target += "?" + proto.query_string(query)
+        url = URL(target, encoded=True)
+        retry = 0
+        while True:
+            await self._wait_turn()
+            try:
+                result = await self._attempt(http, url, path, decode, stream, retry + 1)
+            except errors.WorkflowsError as exc:
+                retry += 1
+                delay = self._policy.delay(retry, exc)
+                if delay is None or (self._budget is not None and not self._budget.try_spend(exc)):
+                    raise
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug(
+                        "GET %s retrying in %.3f s after %s", path, delay, type(exc).__name__
+                    )
+                await anyio.sleep(delay)
+                continue
+            if self._budget is not None:
+                self._budget.refund()
+            return result
+
+    async def _attempt(
+        self,
+        http: aiohttp.ClientSession,
+        url: URL,
+        path: str,
+        decode: Callable[[aiohttp.ClientResponse, str | None], Awaitable[T]],
+        stream: bool,
+        attempt: int,
+    ) -> T:
+        started = time.monotonic()
+        resp: aiohttp.ClientResponse | None = None
+        handed_over = False
+        try:
+            resp = await http.get(
+                url,
+                headers=self._headers,
+                timeout=self._stream_timeout if stream else self._json_timeout,
+                allow_redirects=False,
+            )
+            headers = resp.headers
+            status = resp.status
+            ray = headers.get("cf-ray")
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "GET %s -> %d attempt %d in %.1f ms cf-ray %s",
+                    path, status, attempt, (time.monotonic() - started) * 1000, ray,
+                )
+            ratelimit = headers.get("Ratelimit")
+            if ratelimit is not None and self.rate_limit is not None:
+                info = proto.parse_ratelimit(ratelimit, headers.get("Ratelimit-Policy"))
+                if info is not None:
+                    await self.rate_limit.observe(info)
+            if 200 <= status < 300:
+                result = await decode(resp, ray)
+                handed_over = isinstance(result, StepStream)
+                return result
+            body = await resp.read()
+            retry_after = proto.parse_retry_after(headers.get("Retry-After"))
+            if status == 429 and retry_after:
+                await self._pause(retry_after)
+            raise proto.status_error(
+                status, method="GET", path=path, body=body, cf_ray=ray, retry_after=retry_after
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise errors.APITimeoutError(
+                f"GET {path} timed out after {self.timeout:g} s (attempt {attempt})"
+            ) from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise errors.APIConnectionError(
+                f"GET {path}: the answer body broke off: {exc}"
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise errors.APIConnectionError(
+                f"GET {path} failed: {type(exc).__name__}: {_safe_reason(exc)}"
+            ) from exc
+        finally:
+            if resp is not None and not handed_over:
+                resp.release()
+
+    async def _pause(self, seconds: float) -> None:
+        """A 429 pauses the whole session, and every session sharing its limiter."""
+        self._blocked_until = max(self._blocked_until, time.monotonic() + seconds)
+        if self.rate_limit is not None:
+            await self.rate_limit.pause(seconds)
+
+    async def _wait_turn(self) -> None:
+        """Wait out a 429 pause, then take a slot from the limiter."""
+        left = self._blocked_until - time.monotonic()
+        if left > 0:
+            if left > self._policy.retry_after_cap:
+                raise errors.RateLimitError(
+                    f"Cloudflare rate-limited this session; {left:.0f} s of its Retry-After "
+                    f"remain, over retry_after_cap={self._policy.retry_after_cap:g} s",
+                    retry_after=left,
+                )
+            if self.rate_limit is None:
+                await anyio.sleep(left)
+        if self.rate_limit is not None:
+            await self.rate_limit.acquire()
+
+
+def _safe_reason(exc: BaseException) -> str:
+    """A transport error's text, which names host and port but never headers."""
+    text = str(exc)
+    return text if len(text) < 300 else text[:300] + "..."
