@@ -1,0 +1,424 @@
+"""Decoding the wire shapes into models: samples, unknown fields, statuses and step types.
+
+Pure tests: bodies go through the sans-I/O decoders, no socket.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from cfwf_async import _protocol as proto
+from cfwf_async.errors import APIResponseValidationError
+from cfwf_async.models import (
+    INSTANCE_STATUSES,
+    TERMINAL_STATUSES,
+    Attempt,
+    ErrorInfo,
+    Instance,
+    RollbackStep,
+    SleepStep,
+    StepOutput,
+    StepRun,
+    TerminationStep,
+    UnknownStep,
+    WaitForEventStep,
+)
+
+# Copies of ../shared/samples (answer bodies shaped like the live API's), kept in the
+# repository so that a fresh clone tests the same bodies.
+SAMPLES = Path(__file__).resolve().parent / "samples"
+
+
+def sample(name: str) -> bytes:
+    return (SAMPLES / name).read_bytes()
+
+
+def envelope(result: Any, **extra: Any) -> bytes:
+    return msgspec.json.encode(
+        {"success": True, "errors": [], "messages": [], "result": result, **extra}
+    )
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------------------
+# The recorded samples
+
+
+def test_samples_are_present() -> None:
+    names = {p.name for p in SAMPLES.glob("*.json")}
+    assert {
+        "instance-errored.json",
+        "instance-running-simple.json",
+        "step-output-complete.json",
+        "step-output-retrying.json",
+        "error-401.json",
+        "error-404.json",
+    } <= names
+
+
+def test_errored_instance_sample_top_level() -> None:
+    inst = proto.decode_instance(sample("instance-errored.json"))
+    assert isinstance(inst, Instance)
+    assert inst.status == "errored"
+    assert inst.is_terminal
+    assert inst.queued == utc(2026, 10, 30, 8, 0, 0, 120000)
+    assert inst.start == utc(2026, 10, 30, 8, 0, 0, 480000)
+    assert inst.end == utc(2026, 10, 30, 8, 4, 10, 4000)
+    assert inst.error == ErrorInfo(name="NonRetryableError", message="card declined")
+    assert inst.output == ""
+    assert inst.params == {"orderId": "o-981", "items": 3}
+    assert inst.step_count == 6
+    assert inst.success is False
+    assert inst.trigger is not None and inst.trigger.source == "api"
+    assert inst.version_id == "0b7d4c2e-3f1a-4e5b-9c8d-7a6f5e4d3c2b"
+    assert inst.rollback is not None
+    assert inst.rollback.outcome == "complete"
+    assert inst.rollback.error is None
+    assert inst.schedule is None
+
+
+def test_errored_instance_sample_every_step_type() -> None:
+    inst = proto.decode_instance(sample("instance-errored.json"))
+    types = [type(s) for s in inst.steps]
+    assert types == [StepRun, SleepStep, WaitForEventStep, StepRun, RollbackStep, TerminationStep]
+    assert [s.type for s in inst.steps] == [
+        "step", "sleep", "waitForEvent", "step", "rollback", "termination",
+    ]
+    assert [s.name for s in inst.steps] == [
+        "load order-1", "settle-1", "payment approved-1", "charge card-1", "release stock-1", "",
+    ]
+    load, settle, wait, charge, release, term = inst.steps
+
+    assert isinstance(load, StepRun)
+    assert load.success is True
+    assert load.output == '{"id":"o-981","total":129.5}'
+    assert load.attempts == [
+        Attempt(
+            start=utc(2026, 10, 30, 8, 0, 0, 500000),
+            end=utc(2026, 10, 30, 8, 0, 1, 900000),
+            error=None,
+            success=True,
+        )
+    ]
+    assert load.config is not None and load.config.retries is not None
+    assert load.config.retries.delay == "10 seconds"
+    assert load.config.retries.limit == 5
+    assert load.config.retries.backoff == "exponential"
+    assert load.config.timeout == "10 minutes"
+    assert load.config.sensitive is None
+
+    assert isinstance(settle, SleepStep)
+    assert settle.finished is True
+    assert settle.error is None
+    assert settle.end == utc(2026, 10, 30, 8, 0, 31, 950000)
+
+    assert isinstance(wait, WaitForEventStep)
+    assert wait.event_type == "payment-approved"
+    assert wait.output == '{"approver":"ops"}'
+    assert wait.finished is True
+
+
+def test_errored_instance_sample_redacted_dynamic_numeric() -> None:
+    inst = proto.decode_instance(sample("instance-errored.json"))
+    charge, release = inst.steps[3], inst.steps[4]
+
+    # A sensitive step: output redacted, dynamic delay, numeric timeout, failed attempts.
+    assert isinstance(charge, StepRun)
+    assert charge.output == "[REDACTED]"
+    assert charge.success is False
+    assert charge.config is not None and charge.config.retries is not None
+    assert charge.config.sensitive == "output"
+    assert charge.config.retries.delay == "[dynamic]"
+    assert charge.config.retries.backoff is None
+    assert charge.config.timeout == 30000
+    assert [a.error for a in charge.attempts] == [
+        ErrorInfo(name="Error", message="gateway timeout"),
+        ErrorInfo(name="NonRetryableError", message="card declined"),
+    ]
+    assert [a.success for a in charge.attempts] == [False, False]
+
+    # A rollback step has the step shape, with a numeric delay and a string timeout.
+    assert isinstance(release, RollbackStep)
+    assert isinstance(release, StepRun)
+    assert release.config is not None and release.config.retries is not None
+    assert release.config.retries.delay == 1000
+    assert release.config.retries.limit == 0
+    assert release.config.retries.backoff == "constant"
+    assert release.config.timeout == "5 minutes"
+    assert release.output == "null"
+
+    term = inst.steps[5]
+    assert isinstance(term, TerminationStep)
+    assert term.trigger is not None and term.trigger.source == "api"
+
+
+def test_every_datetime_in_the_sample_is_timezone_aware() -> None:
+    inst = proto.decode_instance(sample("instance-errored.json"))
+    found: list[datetime] = [d for d in (inst.queued, inst.start, inst.end) if d is not None]
+    for step in inst.steps:
+        for attr in ("start", "end"):
+            value = getattr(step, attr, None)
+            if value is not None:
+                found.append(value)
+        for att in getattr(step, "attempts", []):
+            found += [d for d in (att.start, att.end) if d is not None]
+    assert len(found) >= 15
+    for value in found:
+        assert value.tzinfo is not None
+        assert value.utcoffset() == timedelta(0)
+
+
+def test_offsets_other_than_utc_are_kept() -> None:
+    body = envelope({"status": "running", "queued": "2026-10-30T10:00:00.120+02:00"})
+    inst = proto.decode_instance(body)
+    assert inst.queued is not None
+    assert inst.queued.utcoffset() == timedelta(hours=2)
+    assert inst.queued == utc(2026, 10, 30, 8, 0, 0, 120000)
+    assert inst.queued.tzinfo == timezone(timedelta(hours=2))
+
+
+def test_simple_sample_has_count_but_no_steps() -> None:
+    inst = proto.decode_instance(sample("instance-running-simple.json"))
+    assert inst.status == "running"
+    assert not inst.is_terminal
+    assert inst.steps == []
+    assert inst.step_count == 6
+    assert inst.end is None
+    assert inst.success is None
+    assert inst.rollback is None
+
+
+def test_step_output_samples() -> None:
+    done = proto.decode_step_output(sample("step-output-complete.json"))
+    assert done == StepOutput(
+        status="complete",
+        error=None,
+        output={"id": "o-981", "total": 129.5, "lines": [{"sku": "A1", "qty": 2}]},
+    )
+    retrying = proto.decode_step_output(sample("step-output-retrying.json"))
+    assert retrying.status == "running"
+    assert retrying.error == ErrorInfo(name="Error", message="gateway timeout")
+    assert retrying.output is None
+    assert retrying.event_type is None
+
+
+def test_step_output_redacted_and_event_type() -> None:
+    out = proto.decode_step_output(
+        envelope({"status": "complete", "error": None, "output": "[REDACTED]"})
+    )
+    assert out.output == "[REDACTED]"
+    event = proto.decode_step_output(
+        envelope({"status": "waiting", "error": None, "output": None, "event_type": "approve"})
+    )
+    assert event.status == "waiting"
+    assert event.event_type == "approve"
+
+
+@pytest.mark.parametrize("value", [None, 0, 1.5, "text", [1, 2], {"a": {"b": [None]}}, True])
+def test_step_output_any_json_value(value: Any) -> None:
+    out = proto.decode_step_output(envelope({"status": "complete", "output": value}))
+    assert out.output == value
+
+
+# ---------------------------------------------------------------------------
+# Bodies from a newer API
+
+
+def test_unknown_fields_are_ignored_everywhere() -> None:
+    body = envelope(
+        {
+            "status": "complete",
+            "brandNewField": {"nested": [1, 2, 3]},
+            "trigger": {"source": "api", "actor": "someone"},
+            "schedule": {"cron": "0 * * * *", "scheduledTime": 1793347200000, "tz": "UTC"},
+            "rollback": {"outcome": "failed", "error": {"name": "E", "message": "m", "x": 1},
+                         "extra": True},
+            "steps": [
+                {
+                    "type": "step",
+                    "name": "a-1",
+                    "novel": "value",
+                    "attempts": [{"start": "2026-10-30T08:00:00Z", "success": True, "z": 0}],
+                    "config": {"retries": {"delay": 5, "limit": 1, "jitter": True},
+                               "timeout": 10, "priority": "high"},
+                },
+                {"type": "sleep", "name": "s-1", "finished": False, "wakeAt": "later"},
+            ],
+        },
+        result_info={"count": 1, "unknown": 2},
+        extraEnvelopeField=[1],
+    )
+    inst = proto.decode_instance(body)
+    assert inst.status == "complete"
+    assert inst.trigger is not None and inst.trigger.source == "api"
+    assert inst.schedule is not None
+    assert inst.schedule.cron == "0 * * * *"
+    assert inst.schedule.scheduled_time == 1793347200000
+    assert inst.rollback is not None and inst.rollback.outcome == "failed"
+    assert inst.rollback.error == ErrorInfo(name="E", message="m")
+    step, sleep = inst.steps
+    assert isinstance(step, StepRun) and step.name == "a-1"
+    assert step.attempts[0].success is True
+    assert step.config is not None and step.config.retries is not None
+    assert step.config.retries.delay == 5
+    assert isinstance(sleep, SleepStep) and sleep.finished is False
+
+
+def test_unknown_fields_keep_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fallback(body: bytes) -> Any:
+        raise AssertionError("the fallback decoder ran for a body of known step types")
+
+    monkeypatch.setattr(proto, "_decode_instance_slow", fallback)
+    body = envelope(
+        {"status": "complete", "novel": 1, "steps": [{"type": "step", "name": "x", "new": 2}]}
+    )
+    assert proto.decode_instance(body).steps[0].name == "x"
+
+
+def test_unknown_status_stays_a_string() -> None:
+    inst = proto.decode_instance(envelope({"status": "hibernating"}))
+    assert inst.status == "hibernating"
+    assert inst.status not in INSTANCE_STATUSES
+    assert not inst.is_terminal
+    out = proto.decode_step_output(envelope({"status": "teleporting", "output": None}))
+    assert out.status == "teleporting"
+
+
+def test_known_statuses() -> None:
+    assert {"queued", "running", "waitingForPause", "rollingBack", "complete"} <= INSTANCE_STATUSES
+    assert TERMINAL_STATUSES == {"complete", "errored", "terminated"}
+    for status in TERMINAL_STATUSES:
+        assert proto.decode_instance(envelope({"status": status})).is_terminal
+
+
+def test_unknown_step_type_decodes_with_its_raw_fields() -> None:
+    raw = {
+        "type": "sendEmail",
+        "name": "notify-1",
+        "start": "2026-10-30T08:00:00.000Z",
+        "recipients": ["a@example.com"],
+        "meta": {"n": 1},
+    }
+    body = envelope(
+        {
+            "status": "running",
+            "steps": [
+                {"type": "step", "name": "before-1", "start": "2026-10-30T07:59:00Z"},
+                raw,
+                {"type": "sleep", "name": "after-1", "finished": True},
+            ],
+        }
+    )
+    inst = proto.decode_instance(body)
+    before, unknown, after = inst.steps
+    assert isinstance(before, StepRun)
+    assert before.start == utc(2026, 10, 30, 7, 59)
+    assert isinstance(unknown, UnknownStep)
+    assert unknown.type == "sendEmail"
+    assert unknown.name == "notify-1"
+    assert unknown.fields["recipients"] == ["a@example.com"]
+    assert unknown.fields["meta"] == {"n": 1}
+    assert unknown.fields["start"] == "2026-10-30T08:00:00.000Z"
+    assert isinstance(after, SleepStep) and after.finished is True
+
+
+def test_unknown_step_type_without_a_name() -> None:
+    inst = proto.decode_instance(envelope({"status": "running", "steps": [{"type": "marker"}]}))
+    (step,) = inst.steps
+    assert isinstance(step, UnknownStep)
+    assert step.type == "marker"
+    assert step.name == ""
+
+
+def test_all_known_types_never_take_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[bytes] = []
+    real = proto._decode_instance_slow
+
+    def spy(body: bytes) -> Any:
+        calls.append(body)
+        return real(body)
+
+    monkeypatch.setattr(proto, "_decode_instance_slow", spy)
+    proto.decode_instance(sample("instance-errored.json"))
+    proto.decode_instance(sample("instance-running-simple.json"))
+    assert calls == []
+    # The spy is live: an unknown type does go through it (once).
+    proto.decode_instance(envelope({"status": "running", "steps": [{"type": "new"}]}))
+    assert len(calls) == 1
+
+
+def test_decoded_models_are_frozen() -> None:
+    inst = proto.decode_instance(sample("instance-errored.json"))
+    with pytest.raises(AttributeError):
+        inst.status = "complete"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        inst.steps[0].name = "x"  # type: ignore[misc]
+
+
+def test_schedule_numeric_scheduled_time() -> None:
+    inst = proto.decode_instance(
+        envelope({"status": "queued", "schedule": {"cron": "*/5 * * * *",
+                                                     "scheduledTime": 1793347200.5}})
+    )
+    assert inst.schedule is not None
+    assert inst.schedule.scheduled_time == 1793347200.5
+    assert inst.schedule.cron == "*/5 * * * *"
+
+
+# ---------------------------------------------------------------------------
+# Broken 2xx bodies
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not json",
+        b"<html>oops</html>",
+        b'{"success": true, "result": {"status": 5}}',
+        b'{"success": true, "result": []}',
+        b'{"success": true, "result": {"status": "x", "steps": {}}}',
+        b'{"success": true, "result": {"status": "x", "steps": [1]}}',
+        b'{"success": true, "result": {"status": "x", "queued": "yesterday"}}',
+        b'{"success": true, "result": {"status": "x", "steps": [{"type": "step", "start": 1}]}}',
+        b'{"success": true, "result": null}',
+        b'{"success": true}',
+        b'{"success": true, "result": {"status": "x", "steps": [{"type": "zz"}, 7]}}',
+    ],
+)
+def test_undecodable_instance_bodies(body: bytes) -> None:
+    with pytest.raises(APIResponseValidationError) as info:
+        proto.decode_instance(body, status=200, cf_ray="abc-LHR")
+    assert info.value.status_code == 200
+    assert info.value.cf_ray == "abc-LHR"
+    assert "abc-LHR" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"[]", b'{"success": true, "result": {"output": 1}}', b'{"result": {"status": 3}}'],
+)
+def test_undecodable_step_output_bodies(body: bytes) -> None:
+    with pytest.raises(APIResponseValidationError) as info:
+        proto.decode_step_output(body, status=200, cf_ray=None)
+    assert info.value.status_code == 200
+    assert info.value.cf_ray is None
+
+
+def test_success_false_on_2xx_is_a_validation_error() -> None:
+    body = msgspec.json.encode(
+        {"success": False, "errors": [{"code": 7003, "message": "No route"}], "result": None}
+    )
+    for decode in (proto.decode_instance, proto.decode_step_output):
+        with pytest.raises(APIResponseValidationError) as info:
+            decode(body, status=200, cf_ray="r1")
+        assert "No route" in str(info.value)
+        assert info.value.status_code == 200
