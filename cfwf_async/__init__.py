@@ -31,6 +31,7 @@ from .errors import (
     StreamError,
     WorkflowsError,
 )
+from .listing import InstanceListing
 from .models import (
     INSTANCE_STATUSES,
     TERMINAL_STATUSES,
@@ -39,6 +40,7 @@ from .models import (
     ErrorItem,
     Instance,
     InstanceRollback,
+    InstanceSummary,
     RetryConfig,
     RollbackStep,
     Schedule,
@@ -72,7 +74,9 @@ __all__ = [
     "ErrorInfo",
     "ErrorItem",
     "Instance",
+    "InstanceListing",
     "InstanceRollback",
+    "InstanceSummary",
     "InternalServerError",
     "Limiter",
     "NotFoundError",

@@ -12,7 +12,7 @@ import ipaddress
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 from urllib.parse import quote, urlsplit
@@ -21,9 +21,11 @@ import msgspec
 
 from . import errors
 from .models import (
+    INSTANCE_STATUSES,
     Envelope,
     ErrorItem,
     Instance,
+    InstanceSummary,
     RollbackStep,
     SleepStep,
     StepOutput,
@@ -461,3 +463,141 @@ def format_datetime(name: str, value: object) -> str:
         raise ValueError(f"{name} must be timezone-aware (a naive datetime is ambiguous)")
     utc = value.astimezone(UTC).replace(tzinfo=None)
     return utc.isoformat(timespec="milliseconds") + "Z"
+
+
+# ---------------------------------------------------------------------------
+# Listing instances
+
+DIRECTIONS: Final = ("asc", "desc")
+#: The statuses a listing can filter on: the documented ones, sorted for messages.
+LIST_STATUSES: Final = tuple(sorted(INSTANCE_STATUSES))
+#: How much of a cursor an error message shows; cursors are opaque and can be long.
+_CURSOR_SHOWN: Final = 80
+
+
+def listing_query(
+    *,
+    status: object = None,
+    date_start: object = None,
+    date_end: object = None,
+    direction: object = None,
+    per_page: object = None,
+) -> dict[str, str]:
+    """Check a listing's filters and encode them as the query every page repeats.
+
+    Dates go out in UTC with a trailing ``Z``; a naive datetime is refused because it
+    names no instant. None leaves a filter out.
+    """
+    query: dict[str, str] = {}
+    if status is not None:
+        if not isinstance(status, str):
+            raise TypeError(f"status must be a str, got {type(status).__name__}")
+        query["status"] = check_choice("status", status, LIST_STATUSES)
+    if date_start is not None:
+        query["date_start"] = format_datetime("date_start", date_start)
+    if date_end is not None:
+        query["date_end"] = format_datetime("date_end", date_end)
+    if (
+        isinstance(date_start, datetime)
+        and isinstance(date_end, datetime)
+        and date_start > date_end
+    ):
+        raise ValueError(
+            f"date_start ({query['date_start']}) is after date_end ({query['date_end']})"
+        )
+    if direction is not None:
+        query["direction"] = check_choice("direction", direction, DIRECTIONS)
+    if per_page is not None:
+        query["per_page"] = str(check_positive_int("per_page", per_page))
+    return query
+
+
+class InstancePage(msgspec.Struct, frozen=True, gc=False):
+    """One decoded page of a listing.
+
+    ``cursor`` names the next page; it is None on the last page, which is a page whose
+    answer had no cursor (absent, null or empty) or no items.
+    """
+
+    items: list[InstanceSummary]
+    cursor: str | None
+    status: int = 200
+    cf_ray: str | None = None
+
+
+_summary_page_decoder: Final = msgspec.json.Decoder(Envelope[list[InstanceSummary]])
+_SUMMARY_TIMES: Final = ("created_on", "started_on", "ended_on", "modified_on")
+
+
+def _decode_summaries_slow(body: bytes) -> Envelope[list[InstanceSummary]]:
+    """Second pass for a page the fast decoder refused: empty date-times become None.
+
+    The API sends ``ended_on: ""`` while an instance runs, which no datetime decodes.
+    Pages of finished instances never get here, so they are decoded once.
+    """
+    env = _any_envelope_decoder.decode(body)
+    raw = env.result
+    items: list[InstanceSummary] | None = None
+    if raw is not None:
+        if not isinstance(raw, list):
+            raise msgspec.ValidationError("result is not an array")
+        items = []
+        for item in raw:
+            if isinstance(item, dict):
+                for key in _SUMMARY_TIMES:
+                    if item.get(key) == "":
+                        item[key] = None
+            items.append(msgspec.convert(item, InstanceSummary))
+    return Envelope(
+        success=env.success,
+        errors=env.errors,
+        messages=env.messages,
+        result=items,
+        result_info=env.result_info,
+    )
+
+
+def decode_instance_page(
+    body: bytes, *, status: int = 200, cf_ray: str | None = None
+) -> InstancePage:
+    """Decode a 2xx listing body into its summaries and the next page's cursor.
+
+    A ``result`` of null is an empty page. A body that is not an envelope around a list
+    of summaries raises :class:`~cfwf_async.errors.APIResponseValidationError`.
+    """
+    what = "instance listing"
+    try:
+        env = _summary_page_decoder.decode(body)
+    except msgspec.ValidationError:
+        try:
+            env = _decode_summaries_slow(body)
+        except (msgspec.DecodeError, ValueError, TypeError) as exc:
+            raise _invalid(what, exc, status, cf_ray) from None
+    except msgspec.DecodeError as exc:
+        raise _invalid(what, exc, status, cf_ray) from None
+    if env.success is False:
+        _result(env, what, status, cf_ray)
+    items = env.result or []
+    info = env.result_info
+    cursor = info.cursor if info is not None and items else None
+    return InstancePage(items, cursor or None, status, cf_ray)
+
+
+def next_cursor(page: InstancePage, sent: Container[str]) -> str | None:
+    """The cursor to send for the page after ``page``; None when the listing is over.
+
+    ``sent`` holds every cursor the listing has sent so far. A cursor among them (a
+    server bug, a proxy replaying an answer) would lead back to pages already read and
+    loop forever, so it raises
+    :class:`~cfwf_async.errors.APIResponseValidationError` naming the cursor.
+    """
+    cursor = page.cursor
+    if cursor is not None and cursor in sent:
+        shown = cursor if len(cursor) <= _CURSOR_SHOWN else cursor[:_CURSOR_SHOWN] + "..."
+        raise errors.APIResponseValidationError(
+            f"instance listing: the server sent cursor {shown!r} again after the listing "
+            "had already followed it; stopping instead of reading the same pages forever",
+            status_code=page.status,
+            cf_ray=page.cf_ray,
+        )
+    return cursor

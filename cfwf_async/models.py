@@ -24,6 +24,7 @@ __all__ = [
     "ErrorItem",
     "Instance",
     "InstanceRollback",
+    "InstanceSummary",
     "ResultInfo",
     "RetryConfig",
     "RollbackStep",
@@ -274,6 +275,31 @@ class Instance(_Model, frozen=True):
     version_id: str | None = msgspec.field(default=None, name="versionId")
     rollback: InstanceRollback | None = None
     schedule: Schedule | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the instance can no longer change (complete, errored, terminated)."""
+        return self.status in TERMINAL_STATUSES
+
+
+class InstanceSummary(_Model, frozen=True):
+    """One instance as a listing shows it: identity, status and timing, no step log.
+
+    ``ended_on`` is None while the instance runs (the API sends an empty string then);
+    ``trigger_source`` is ``unknown``, ``api``, ``binding``, ``event`` or ``cron`` (open
+    set), None when the API leaves it out. Fetch the whole instance with
+    :meth:`cfwf_async.WorkflowsSession.get_instance`.
+    """
+
+    id: str
+    status: str
+    created_on: datetime | None = None
+    started_on: datetime | None = None
+    ended_on: datetime | None = None
+    modified_on: datetime | None = None
+    version_id: str | None = None
+    workflow_id: str | None = None
+    trigger_source: str | None = None
 
     @property
     def is_terminal(self) -> bool:

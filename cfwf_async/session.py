@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from types import TracebackType
 from typing import Final, Self, TypeVar
 
@@ -16,6 +17,7 @@ from yarl import URL
 from . import _protocol as proto
 from . import errors
 from ._retry import RetryBudget, RetryPolicy
+from .listing import InstanceListing
 from .models import Instance, StepOutput
 from .ratelimit import Limiter, RateLimit
 from .streaming import StepStream
@@ -266,6 +268,46 @@ class WorkflowsSession:
         path = proto.instance_path(account, workflow_name, instance_id) + "/step"
         return await self._call(path, query, self._decode_step_output, stream=True)
 
+    def list_instances(
+        self,
+        workflow_name: str,
+        *,
+        status: str | None = None,
+        date_start: datetime | None = None,
+        date_end: datetime | None = None,
+        direction: str | None = None,
+        per_page: int | None = None,
+        account_id: str | None = None,
+    ) -> InstanceListing:
+        """A workflow's instances as an async iterator of :class:`InstanceSummary`.
+
+        No ``await`` before ``async for``: pages are requested lazily, each through the
+        session's limiter and retries, following the API's cursor until a page has none.
+        ``status`` is one of :data:`INSTANCE_STATUSES`; ``date_start`` / ``date_end`` are
+        timezone-aware datetimes (sent in UTC); ``direction`` is ``"asc"`` or ``"desc"``;
+        ``per_page`` the page size. Arguments are checked here, before any request::
+
+            since = datetime(2026, 11, 16, tzinfo=UTC)
+            async for s in session.list_instances("checkout", status="errored",
+                                                  date_start=since):
+                print(s.id, s.created_on, s.ended_on)
+        """
+        account = self._account(account_id)
+        proto.check_workflow_name(workflow_name)
+        query = proto.listing_query(
+            status=status,
+            date_start=date_start,
+            date_end=date_end,
+            direction=direction,
+            per_page=per_page,
+        )
+        path = proto.instances_path(account, workflow_name)
+
+        async def fetch(page_query: Mapping[str, str]) -> proto.InstancePage:
+            return await self._call(path, page_query, _decode_instance_page)
+
+        return InstanceListing(fetch, query)
+
     # -- machinery -----------------------------------------------------------------
 
     def _account(self, account_id: str | None) -> str:
@@ -398,6 +440,13 @@ class WorkflowsSession:
                 await anyio.sleep(left)
         if self.rate_limit is not None:
             await self.rate_limit.acquire()
+
+
+async def _decode_instance_page(
+    resp: aiohttp.ClientResponse, ray: str | None
+) -> proto.InstancePage:
+    body = await resp.read()
+    return proto.decode_instance_page(body, status=resp.status, cf_ray=ray)
 
 
 def _safe_reason(exc: BaseException) -> str:
