@@ -28,6 +28,7 @@ from .errors import (
     OutputTooLargeError,
     PermissionDeniedError,
     RateLimitError,
+    RateLimiterUnavailableError,
     StreamError,
     WorkflowsError,
 )
@@ -85,6 +86,7 @@ __all__ = [
     "RateLimit",
     "RateLimitError",
     "RateLimitInfo",
+    "RateLimiterUnavailableError",
     "RetryBudget",
     "RetryConfig",
     "RollbackStep",

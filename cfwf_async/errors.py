@@ -10,6 +10,7 @@ before any request is sent)::
     ├── APIResponseValidationError    a 2xx answer whose body is not what the API promises
     ├── StreamError                   a streamed output ended early or is corrupt
     ├── OutputTooLargeError           a stream is larger than the caller's byte cap
+    ├── RateLimiterUnavailableError   the shared limiter's store (Redis) cannot be reached
     └── APIStatusError                a non-2xx answer (status_code, errors, cf_ray)
         ├── BadRequestError           400
         ├── AuthenticationError       401
@@ -44,6 +45,7 @@ __all__ = [
     "OutputTooLargeError",
     "PermissionDeniedError",
     "RateLimitError",
+    "RateLimiterUnavailableError",
     "StreamError",
     "WorkflowsError",
 ]
@@ -119,6 +121,20 @@ class OutputTooLargeError(WorkflowsError):
         super().__init__(message, cf_ray=cf_ray)
         self.size = size
         self.limit = limit
+
+
+class RateLimiterUnavailableError(WorkflowsError):
+    """A shared rate limiter cannot reach its store, so no request was sent.
+
+    Raised by :class:`cfwf_async.redis.RedisRateLimit` when Redis does not answer (the
+    limit fails closed rather than risk the account's quota). ``host`` and ``port`` name
+    the store (``port`` is None for a Unix socket); the text never holds its password.
+    """
+
+    def __init__(self, message: str, *, host: str, port: int | None) -> None:
+        super().__init__(message)
+        self.host = host
+        self.port = port
 
 
 class APIStatusError(WorkflowsError):
