@@ -109,7 +109,12 @@ class StepStream:
             chunk = await self._response.content.readany()
         except BaseException as exc:
             self._abort()
-            raise self._translate(exc) from exc
+            translated = self._translate(exc)
+            if translated is exc:
+                # Cancellation and foreign errors pass through untouched; ``raise exc
+                # from exc`` would make the exception its own cause.
+                raise
+            raise translated from exc
         if chunk:
             self.bytes_read += len(chunk)
             if self.content_length is not None and self.bytes_read > self.content_length:
