@@ -77,7 +77,8 @@ def test_errored_instance_sample_top_level() -> None:
     assert inst.params == {"orderId": "o-981", "items": 3}
     assert inst.step_count == 6
     assert inst.success is False
-    assert inst.trigger is not None and inst.trigger.source == "api"
+    assert inst.trigger is not None
+    assert inst.trigger.source == "api"
     assert inst.version_id == "0b7d4c2e-3f1a-4e5b-9c8d-7a6f5e4d3c2b"
     assert inst.rollback is not None
     assert inst.rollback.outcome == "complete"
@@ -95,7 +96,7 @@ def test_errored_instance_sample_every_step_type() -> None:
     assert [s.name for s in inst.steps] == [
         "load order-1", "settle-1", "payment approved-1", "charge card-1", "release stock-1", "",
     ]
-    load, settle, wait, charge, release, term = inst.steps
+    load, settle, wait, _charge, _release, _term = inst.steps
 
     assert isinstance(load, StepRun)
     assert load.success is True
@@ -108,7 +109,8 @@ def test_errored_instance_sample_every_step_type() -> None:
             success=True,
         )
     ]
-    assert load.config is not None and load.config.retries is not None
+    assert load.config is not None
+    assert load.config.retries is not None
     assert load.config.retries.delay == "10 seconds"
     assert load.config.retries.limit == 5
     assert load.config.retries.backoff == "exponential"
@@ -134,7 +136,8 @@ def test_errored_instance_sample_redacted_dynamic_numeric() -> None:
     assert isinstance(charge, StepRun)
     assert charge.output == "[REDACTED]"
     assert charge.success is False
-    assert charge.config is not None and charge.config.retries is not None
+    assert charge.config is not None
+    assert charge.config.retries is not None
     assert charge.config.sensitive == "output"
     assert charge.config.retries.delay == "[dynamic]"
     assert charge.config.retries.backoff is None
@@ -148,7 +151,8 @@ def test_errored_instance_sample_redacted_dynamic_numeric() -> None:
     # A rollback step has the step shape, with a numeric delay and a string timeout.
     assert isinstance(release, RollbackStep)
     assert isinstance(release, StepRun)
-    assert release.config is not None and release.config.retries is not None
+    assert release.config is not None
+    assert release.config.retries is not None
     assert release.config.retries.delay == 1000
     assert release.config.retries.limit == 0
     assert release.config.retries.backoff == "constant"
@@ -157,7 +161,8 @@ def test_errored_instance_sample_redacted_dynamic_numeric() -> None:
 
     term = inst.steps[5]
     assert isinstance(term, TerminationStep)
-    assert term.trigger is not None and term.trigger.source == "api"
+    assert term.trigger is not None
+    assert term.trigger.source == "api"
 
 
 def test_every_datetime_in_the_sample_is_timezone_aware() -> None:
@@ -258,18 +263,23 @@ def test_unknown_fields_are_ignored_everywhere() -> None:
     )
     inst = proto.decode_instance(body)
     assert inst.status == "complete"
-    assert inst.trigger is not None and inst.trigger.source == "api"
+    assert inst.trigger is not None
+    assert inst.trigger.source == "api"
     assert inst.schedule is not None
     assert inst.schedule.cron == "0 * * * *"
     assert inst.schedule.scheduled_time == 1793347200000
-    assert inst.rollback is not None and inst.rollback.outcome == "failed"
+    assert inst.rollback is not None
+    assert inst.rollback.outcome == "failed"
     assert inst.rollback.error == ErrorInfo(name="E", message="m")
     step, sleep = inst.steps
-    assert isinstance(step, StepRun) and step.name == "a-1"
+    assert isinstance(step, StepRun)
+    assert step.name == "a-1"
     assert step.attempts[0].success is True
-    assert step.config is not None and step.config.retries is not None
+    assert step.config is not None
+    assert step.config.retries is not None
     assert step.config.retries.delay == 5
-    assert isinstance(sleep, SleepStep) and sleep.finished is False
+    assert isinstance(sleep, SleepStep)
+    assert sleep.finished is False
 
 
 def test_unknown_fields_keep_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -294,7 +304,7 @@ def test_unknown_status_stays_a_string() -> None:
 
 def test_known_statuses() -> None:
     assert {"queued", "running", "waitingForPause", "rollingBack", "complete"} <= INSTANCE_STATUSES
-    assert TERMINAL_STATUSES == {"complete", "errored", "terminated"}
+    assert {"complete", "errored", "terminated"} == TERMINAL_STATUSES
     for status in TERMINAL_STATUSES:
         assert proto.decode_instance(envelope({"status": status})).is_terminal
 
@@ -327,7 +337,8 @@ def test_unknown_step_type_decodes_with_its_raw_fields() -> None:
     assert unknown.fields["recipients"] == ["a@example.com"]
     assert unknown.fields["meta"] == {"n": 1}
     assert unknown.fields["start"] == "2026-10-30T08:00:00.000Z"
-    assert isinstance(after, SleepStep) and after.finished is True
+    assert isinstance(after, SleepStep)
+    assert after.finished is True
 
 
 def test_unknown_step_type_without_a_name() -> None:

@@ -128,7 +128,8 @@ def test_segment_round_trips_and_never_changes_the_path_shape(value: str) -> Non
     enc = proto.segment(value)
     assert "/" not in enc
     assert "." not in enc
-    assert "?" not in enc and "#" not in enc
+    assert "?" not in enc
+    assert "#" not in enc
     assert enc.isascii()
     assert unquote(enc, errors="strict") == value
 
@@ -313,7 +314,10 @@ def test_status_error_mapping(status: int, cls: type[errors.APIStatusError]) -> 
     assert [(e.code, e.message) for e in exc.errors] == [(1234, "it broke"), (5, "second")]
     assert exc.cf_ray == "ray-1"
     text = str(exc)
-    assert "it broke" in text and "second" in text and str(status) in text and "ray-1" in text
+    assert "it broke" in text
+    assert "second" in text
+    assert str(status) in text
+    assert "ray-1" in text
 
 
 @pytest.mark.parametrize(
