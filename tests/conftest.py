@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import pytest
+from aiohttp import web
 
 from cfwf_async import WorkflowsSession
 from cfwf_async.testing import FakeWorkflowsAPI
@@ -48,3 +50,23 @@ async def session(fake_api: FakeWorkflowsAPI, base_url: str) -> AsyncIterator[Wo
         rate_limit=None,
     ) as s:
         yield s
+
+
+@asynccontextmanager
+async def _serve_app(app: web.Application) -> AsyncIterator[str]:
+    """Run a plain aiohttp.web app on loopback; yield its root URL (no trailing slash)."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+def serve_app() -> Callable[[web.Application], AbstractAsyncContextManager[str]]:
+    """For hand-written misbehaving servers: ``async with serve_app(app) as url: ...``."""
+    return _serve_app
