@@ -64,8 +64,13 @@ class StepStream:
         self._consumed = False
         self._started = False
         self._on_close = on_close
-        #: The size the server announced, or None for a chunked body.
-        self.content_length: int | None = response.content_length
+        #: The size the server announced, or None for a chunked body. Also None for a
+        #: compressed body: its Content-Length counts encoded bytes, while the chunks
+        #: handed over are decoded (aiohttp itself checks the encoded length).
+        encoding = response.headers.get("Content-Encoding", "").strip().lower()
+        self.content_length: int | None = (
+            response.content_length if encoding in ("", "identity") else None
+        )
         self.content_type: str = response.content_type
         #: Cloudflare's request id, for support tickets.
         self.cf_ray = cf_ray

@@ -23,15 +23,21 @@ error answers, for testing retry and error handling.
 
 from __future__ import annotations
 
+import base64
 import itertools
+import uuid
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import msgspec
 from aiohttp import web
+
+from .models import INSTANCE_STATUSES
 
 __all__ = ["FakeWorkflowsAPI", "RecordedRequest", "ScriptedAnswer", "StreamBody", "make_instance"]
 
@@ -170,6 +176,10 @@ class FakeWorkflowsAPI:
         self.account_id = account_id
         self.requests: list[RecordedRequest] = []
         self._instances: dict[tuple[str, str], bytes | dict[str, Any]] = {}
+        # Listing entries registered explicitly; the others derive from _instances.
+        self._summaries: dict[tuple[str, str], dict[str, Any]] = {}
+        #: Page size of a listing request that sends no ``per_page``.
+        self.default_per_page = 50
         self._outputs: dict[tuple[str, str, str, str, int | None], Any] = {}
         self._scripted: deque[ScriptedAnswer] = deque()
         self._rays = itertools.count(1)
@@ -184,10 +194,27 @@ class FakeWorkflowsAPI:
 
         ``bytes`` are served verbatim as the whole answer body (envelope included), for
         recorded samples and deliberately broken bodies.
+
+        A ``result`` mapping also shows up in the workflow's listing, summarised from
+        its ``queued``, ``start``, ``end``, ``versionId`` and ``trigger`` fields (see
+        :meth:`add_summary` to list something else).
         """
         self._instances[(workflow_name, instance_id)] = (
             result if isinstance(result, bytes) else dict(result)
         )
+
+    def add_summary(
+        self, workflow_name: str, instance_id: str, summary: Mapping[str, Any]
+    ) -> None:
+        """List ``summary`` for this instance, instead of one derived from its result.
+
+        ``summary`` holds the wire fields of a listing entry (``status``,
+        ``created_on``, ``ended_on``, ``trigger_source``, ...; ``id`` is set to
+        ``instance_id``). The instance needs no :meth:`add_instance`: a listed instance
+        that ``get_instance`` does not know is a valid test too. Listings are ordered by
+        ``created_on``, then by registration.
+        """
+        self._summaries[(workflow_name, instance_id)] = {**summary, "id": instance_id}
 
     def add_step_output(
         self,
@@ -248,6 +275,7 @@ class FakeWorkflowsAPI:
         """The ``aiohttp.web`` application, for callers that run it themselves."""
         app = web.Application()
         base = API_PREFIX + "/accounts/{account_id}/workflows/{workflow_name}/instances"
+        app.router.add_get(base, self._list_instances)
         app.router.add_get(base + "/{instance_id}", self._get_instance)
         app.router.add_get(base + "/{instance_id}/step", self._get_step_output)
         return app
@@ -310,6 +338,49 @@ class FakeWorkflowsAPI:
             return self._json(404, envelope_error(10000, "account.not_found"))
         return None
 
+    def _listed(self, workflow_name: str) -> list[dict[str, Any]]:
+        """A workflow's listing entries, oldest first; registration order breaks ties."""
+        entries: dict[str, dict[str, Any]] = {}
+        for (workflow, instance_id), result in self._instances.items():
+            if workflow == workflow_name and not isinstance(result, bytes):
+                entries[instance_id] = _summarise(workflow, instance_id, result)
+        for (workflow, instance_id), summary in self._summaries.items():
+            if workflow == workflow_name:
+                entries[instance_id] = summary
+        return sorted(entries.values(), key=lambda e: _parse_time(e.get("created_on")) or _EPOCH)
+
+    async def _list_instances(self, request: web.Request) -> web.StreamResponse:
+        """The listing: filters, ``direction`` and opaque cursors over ``per_page`` pages.
+
+        A cursor encodes the offset of the next page and a fingerprint of the filters,
+        so a cursor sent with other filters is refused (400), like a real opaque token.
+        """
+        self._record(request)
+        refused = self._check(request)
+        if refused is not None:
+            return refused
+        q = request.query
+        try:
+            listing = _ListingQuery.parse(q, self.default_per_page)
+        except ValueError as exc:
+            return self._json(400, envelope_error(10002, str(exc)))
+        entries = [e for e in self._listed(request.match_info["workflow_name"]) if listing.keeps(e)]
+        if listing.direction == "desc":
+            entries.reverse()
+        page = entries[listing.offset : listing.offset + listing.per_page]
+        after = listing.offset + len(page)
+        info: dict[str, Any] = {
+            "count": len(page),
+            "per_page": listing.per_page,
+            "total_count": len(entries),
+        }
+        if page and after < len(entries):
+            info["cursor"] = listing.cursor(after)
+        body = msgspec.json.encode(
+            {"errors": [], "messages": [], "success": True, "result": page, "result_info": info}
+        )
+        return self._json(200, body)
+
     async def _get_instance(self, request: web.Request) -> web.StreamResponse:
         self._record(request)
         refused = self._check(request)
@@ -364,3 +435,114 @@ class FakeWorkflowsAPI:
             {"errors": [], "messages": [], "success": True, "result": found}
         )
         return self._json(200, body)
+
+# -- listing -----------------------------------------------------------------------
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_LIST_FILTERS: Final = ("status", "date_start", "date_end", "direction")
+
+
+def _parse_time(value: object) -> datetime | None:
+    """An ISO 8601 date-time (naive ones taken as UTC), or None if it is not one."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _summarise(workflow_name: str, instance_id: str, result: Mapping[str, Any]) -> dict[str, Any]:
+    """The listing entry of a registered instance, shaped like the live API's.
+
+    ``ended_on`` is an empty string while the instance runs, as the API sends it.
+    """
+    trigger = result.get("trigger")
+    source = trigger.get("source") if isinstance(trigger, Mapping) else None
+    entry: dict[str, Any] = {
+        "id": instance_id,
+        "status": result.get("status"),
+        "created_on": result.get("queued"),
+        "started_on": result.get("start"),
+        "ended_on": result.get("end") or "",
+        "modified_on": result.get("end") or result.get("start") or result.get("queued"),
+        "version_id": result.get("versionId"),
+        "workflow_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"workflow:{workflow_name}")),
+    }
+    if source is not None:
+        entry["trigger_source"] = source
+    return entry
+
+
+@dataclass(frozen=True)
+class _ListingQuery:
+    """A listing request's query, checked the way the API checks it."""
+
+    status: str | None
+    start: datetime | None
+    end: datetime | None
+    direction: str
+    per_page: int
+    offset: int
+    fingerprint: str
+
+    @classmethod
+    def parse(cls, q: Mapping[str, str], default_per_page: int) -> _ListingQuery:
+        """Raise ValueError (a 400 answer) for anything the API would refuse."""
+        status = q.get("status")
+        if status is not None and status not in INSTANCE_STATUSES:
+            raise ValueError(f"status: unknown value {status!r}")
+        direction = q.get("direction", "asc")
+        if direction not in ("asc", "desc"):
+            raise ValueError("direction: must be asc or desc")
+        raw_per_page = q.get("per_page", str(default_per_page))
+        if not raw_per_page.isdigit() or int(raw_per_page) < 1:
+            raise ValueError("per_page: must be an integer >= 1")
+        times: list[datetime | None] = []
+        for name in ("date_start", "date_end"):
+            raw = q.get(name)
+            when = _parse_time(raw)
+            if raw is not None and when is None:
+                raise ValueError(f"{name}: not an ISO 8601 date-time")
+            times.append(when)
+        if "cursor" in q and "page" in q:
+            raise ValueError("cursor and page are mutually exclusive")
+        filters = "\x00".join(q.get(k, "") for k in _LIST_FILTERS)
+        fingerprint = format(zlib.crc32(filters.encode()), "08x")
+        offset = 0
+        if "cursor" in q:
+            offset = _cursor_offset(q["cursor"], fingerprint)
+        return cls(status, times[0], times[1], direction, int(raw_per_page), offset, fingerprint)
+
+    def keeps(self, entry: Mapping[str, Any]) -> bool:
+        """Whether ``entry`` passes the status and ``created_on`` window filters."""
+        if self.status is not None and entry.get("status") != self.status:
+            return False
+        if self.start is None and self.end is None:
+            return True
+        created = _parse_time(entry.get("created_on"))
+        if created is None:
+            return False
+        return (self.start is None or created >= self.start) and (
+            self.end is None or created <= self.end
+        )
+
+    def cursor(self, offset: int) -> str:
+        """The opaque cursor of the page starting at ``offset`` under these filters."""
+        raw = f"{offset}.{self.fingerprint}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _cursor_offset(cursor: str, fingerprint: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        offset_text, _, made_for = raw.partition(".")
+        offset = int(offset_text)
+    except ValueError:  # binascii.Error and UnicodeDecodeError included
+        raise ValueError("cursor: invalid") from None
+    if made_for != fingerprint:
+        raise ValueError("cursor: issued for other filters")
+    if offset < 0:
+        raise ValueError("cursor: invalid")
+    return offset

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import gzip
 import logging
 import os
 import tracemalloc
@@ -311,6 +312,47 @@ async def test_truncated_stream_save_leaves_no_file(serve_app: ServeApp, tmp_pat
     assert not target.exists()
     assert not (tmp_path / "out.bin.part").exists()
     assert os.listdir(tmp_path) == []
+
+
+def gzip_app(data: bytes, *, cut: int | None = None) -> web.Application:
+    """Serves ``data`` gzip-compressed; with ``cut``, drops the connection after that many
+    encoded bytes."""
+    body = gzip.compress(data)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Encoding": "gzip"})
+        resp.content_type = "application/octet-stream"
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        await resp.write(body if cut is None else body[:cut])
+        if cut is not None:
+            assert request.transport is not None
+            request.transport.close()
+        return resp
+
+    app = web.Application()
+    app.router.add_get(ROUTE, handler)
+    return app
+
+
+@pytest.mark.anyio
+async def test_compressed_stream_is_not_a_length_mismatch(serve_app: ServeApp) -> None:
+    data = pattern(1_000_000)
+    async with serve_app(gzip_app(data)) as root, plain_session(root) as s:
+        out = await plain_stream(s)
+        # The announced length counts encoded bytes, so it is not reported as the size.
+        assert out.content_length is None
+        assert await out.read() == data
+
+
+@pytest.mark.anyio
+async def test_truncated_compressed_stream_raises(serve_app: ServeApp) -> None:
+    data = bytes(range(256)) * 4000 + pattern(200_000)
+    async with serve_app(gzip_app(data, cut=2000)) as root, plain_session(root) as s:
+        out = await plain_stream(s)
+        with anyio.fail_after(10), pytest.raises(StreamError):
+            await out.read()
+    assert out.closed
 
 
 @pytest.mark.anyio
