@@ -15,6 +15,7 @@ streamed bytes::
 """
 
 from ._retry import RetryBudget
+from .batch import Batch, BatchProgress, BatchResult, StepRef, StreamedOutput
 from .errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -71,6 +72,9 @@ __all__ = [
     "Attempt",
     "AuthenticationError",
     "BadRequestError",
+    "Batch",
+    "BatchProgress",
+    "BatchResult",
     "ConflictError",
     "ErrorInfo",
     "ErrorItem",
@@ -95,9 +99,11 @@ __all__ = [
     "Step",
     "StepConfig",
     "StepOutput",
+    "StepRef",
     "StepRun",
     "StepStream",
     "StreamError",
+    "StreamedOutput",
     "TerminationStep",
     "Trigger",
     "UnknownStep",

@@ -4,9 +4,20 @@ Cloudflare allows 1,200 API requests per 5 minutes per user, counted across ever
 client of that user, and blocks the user for 5 minutes once that is crossed. A
 :class:`WorkflowsSession` therefore asks a *limiter* before every request leaves.
 
-The session speaks to its limiter through the :class:`Limiter` protocol, so a limiter
-shared by several processes (see :mod:`cfwf_async.redis`) plugs in the same way as the
-in-process :class:`RateLimit`.
+The limiter is a seam. The session speaks to it only through the three methods of the
+:class:`Limiter` protocol, so any object with them plugs in: the in-process
+:class:`RateLimit` (the default), a limiter shared by several processes through Redis
+(:mod:`cfwf_async.redis`), or your own. The session drives a limiter like this::
+
+    await limiter.acquire()            # before every attempt, retries included
+    ... the request is sent ...
+    await limiter.observe(info)        # the answer carried a Ratelimit header
+    await limiter.pause(retry_after)   # the answer was a 429 with Retry-After
+
+Independently of the limiter, the session itself holds its own requests after a 429
+until ``Retry-After`` is over, so a limiter that ignores :meth:`Limiter.pause` is
+still safe; ``pause`` exists so that one 429 also holds every *other* session that
+shares the limiter.
 """
 
 from __future__ import annotations
@@ -14,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 import anyio
 
@@ -22,15 +33,40 @@ from ._protocol import RateLimitInfo
 
 __all__ = ["Limiter", "RateLimit", "RateLimitInfo"]
 
+#: Two ``Ratelimit`` answers whose resets lie this close together describe the same
+#: window: ``t`` comes in whole seconds, and answers travel for a while.
+_SAME_WINDOW_SLACK: Final = 1.0
+
 
 @runtime_checkable
 class Limiter(Protocol):
-    """What a session needs from a rate limiter.
+    """What a session needs from a rate limiter: three coroutine methods.
 
-    A session calls :meth:`acquire` before every request (retries included), :meth:`pause`
-    after a 429 answer, and :meth:`observe` whenever an answer carried Cloudflare's
-    ``Ratelimit`` header. All three must be safe to call from many tasks at once, and
-    :meth:`acquire` must be cancellable without consuming a slot.
+    Contract:
+
+    * :meth:`acquire` is awaited before every request leaves (every attempt, retries
+      included). It returns when the request may go, having counted it. It must be
+      cancellable at any await without consuming a slot, and safe to call from many
+      tasks at once.
+    * :meth:`pause` is awaited after a 429 answer with ``Retry-After``: no
+      :meth:`acquire` may return before ``seconds`` from now. A later, shorter pause
+      must not shorten a longer one.
+    * :meth:`observe` is awaited with the parsed ``Ratelimit`` / ``Ratelimit-Policy``
+      headers of every answer that had them (any part may be None). ``info.reset`` is
+      in seconds from the moment of the call. A limiter may ignore it.
+
+    None of the methods may raise for ordinary rate-limit conditions; waiting is how a
+    limiter says no. A minimal limiter that lets everything through::
+
+        class Unlimited:
+            async def acquire(self) -> None: ...
+            async def pause(self, seconds: float) -> None: ...
+            async def observe(self, info: RateLimitInfo) -> None: ...
+
+        WorkflowsSession(rate_limit=Unlimited())
+
+    One limiter object may serve several sessions; then they share one budget and one
+    429 pauses them all.
     """
 
     async def acquire(self) -> None:
@@ -54,10 +90,18 @@ class RateLimit:
     ``period`` seconds ever holds more than ``requests`` acquisitions. Waiters are
     served first come, first served.
 
-    It also follows the server: a 429 pauses every request of every session that shares
-    this object, a ``Ratelimit`` header with ``r=0`` holds requests until its reset, and
-    when few requests remain the rest are spread evenly over the time to the reset
-    instead of hitting the wall in one burst.
+    It also follows the server, whose count includes every other client of the same
+    user (the dashboard, other machines):
+
+    * A ``Ratelimit`` answer of ``r=0;t=N`` holds every request for ``N`` seconds.
+    * Between answers, each request it lets through is subtracted from the last ``r``
+      it saw, so a burst of concurrent requests cannot overrun a small remainder just
+      because their answers have not come back yet. Answers that arrive out of order
+      never raise that estimate within one window.
+    * When fewer than :attr:`low_water` of the quota remain, requests are spread evenly
+      over the time to the reset (``t / r`` apart) instead of spending the rest in one
+      burst and then hitting the wall.
+    * :meth:`pause` (a 429's ``Retry-After``) holds every request.
 
     One object may be shared by several sessions of one process to give them one budget::
 
@@ -82,24 +126,51 @@ class RateLimit:
         self._sent: deque[float] = deque(maxlen=requests)
         self._lock = anyio.Lock()
         self._paused_until = 0.0
-        self._next_paced = 0.0
-        self._pace_interval = 0.0
+        self._last_sent = -math.inf
+        # The server's budget as last reported, minus what left since; None when no
+        # answer described the current window.
+        self._server_left: int | None = None
+        self._server_reset_at = 0.0
+        self._server_quota: int | None = None
 
     def __repr__(self) -> str:
         return f"RateLimit({self.requests}, {self.period})"
+
+    @property
+    def server_remaining(self) -> int | None:
+        """Requests the server has left in its current window, as this limiter estimates.
+
+        The last ``r`` the server reported minus the requests let through since; None
+        when no answer described the current window.
+        """
+        if self._server_left is not None and time.monotonic() < self._server_reset_at:
+            return max(0, self._server_left)
+        return None
+
+    def _low_mark(self) -> float:
+        quota = self._server_quota or self.requests
+        return max(1.0, quota * self.low_water)
 
     def _wait_time(self, now: float) -> float:
         wait = self._paused_until - now
         if len(self._sent) == self.requests:
             wait = max(wait, self._sent[0] + self.period - now)
-        if self._pace_interval:
-            wait = max(wait, self._next_paced - now)
+        left = self._server_left
+        if left is not None:
+            to_reset = self._server_reset_at - now
+            if to_reset <= 0:
+                self._server_left = None
+            elif left <= 0:
+                wait = max(wait, to_reset)
+            elif left < self._low_mark():
+                wait = max(wait, self._last_sent + to_reset / left - now)
         return wait
 
     def _take(self, now: float) -> None:
         self._sent.append(now)
-        if self._pace_interval:
-            self._next_paced = now + self._pace_interval
+        self._last_sent = now
+        if self._server_left is not None:
+            self._server_left -= 1
 
     async def acquire(self) -> None:
         """Wait for a free slot in the window (FIFO among waiters), then take it."""
@@ -115,29 +186,36 @@ class RateLimit:
                 if wait <= 0:
                     self._take(now)
                     return
+                # Re-checked after the sleep: a pause or an answer may have come in.
                 await anyio.sleep(wait)
 
     async def pause(self, seconds: float) -> None:
         """Hold every request for ``seconds`` from now (never shortens a longer pause)."""
-        if seconds > 0:
+        if seconds > 0 and math.isfinite(seconds):
             self._paused_until = max(self._paused_until, time.monotonic() + seconds)
 
     async def observe(self, info: RateLimitInfo) -> None:
-        """Pace by the server's ``Ratelimit`` header.
+        """Follow the server's ``Ratelimit`` header: hold at ``r=0``, pace when ``r`` is low.
 
-        ``r=0`` holds every request until the reset ``t``. When ``r`` falls below
-        :attr:`low_water` of the quota, requests are spaced ``t / r`` apart so the
-        remaining budget lasts until the reset.
+        ``info.reset`` counts from now. Within one window the estimate only goes down,
+        because answers to concurrent requests arrive in any order; a later reset
+        starts a new window.
         """
+        if info.quota:
+            self._server_quota = info.quota
         remaining, reset = info.remaining, info.reset
         if remaining is None or reset is None:
             return
-        if remaining <= 0:
-            await self.pause(reset)
-            self._pace_interval = 0.0
-            return
-        quota = info.quota or self.requests
-        if remaining < max(1.0, quota * self.low_water):
-            self._pace_interval = reset / remaining
+        now = time.monotonic()
+        reset_at = now + reset
+        left = self._server_left
+        if (
+            left is not None
+            and now < self._server_reset_at
+            and reset_at <= self._server_reset_at + _SAME_WINDOW_SLACK
+        ):
+            self._server_left = min(left, remaining)
+            self._server_reset_at = max(self._server_reset_at, reset_at)
         else:
-            self._pace_interval = 0.0
+            self._server_left = remaining
+            self._server_reset_at = reset_at

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Final, Self, TypeVar
@@ -17,6 +17,14 @@ from yarl import URL
 from . import _protocol as proto
 from . import errors
 from ._retry import RetryBudget, RetryPolicy
+from .batch import (
+    Batch,
+    BatchProgress,
+    StepRef,
+    StreamedOutput,
+    instances_batch,
+    step_outputs_batch,
+)
 from .listing import InstanceListing
 from .models import Instance, StepOutput
 from .ratelimit import Limiter, RateLimit
@@ -38,6 +46,8 @@ class _Default:
 
 _DEFAULT: Final = _Default()
 _OCTET_STREAM: Final = "application/octet-stream"
+#: How much longer each wait_for_instance poll waits than the one before.
+_POLL_BACKOFF: Final = 1.25
 
 
 def _version() -> str:
@@ -308,6 +318,156 @@ class WorkflowsSession:
 
         return InstanceListing(fetch, query)
 
+    # -- waiting and batches (issue 4) ----------------------------------------------
+
+    async def wait_for_instance(
+        self,
+        workflow_name: str,
+        instance_id: str,
+        *,
+        # Pinned by the public API (issue 4): a deadline argument reads better here than
+        # asking every caller to wrap the call in a cancel scope.
+        timeout: float | None = None,  # noqa: ASYNC109
+        poll_interval: float = 1.0,
+        max_poll_interval: float = 30.0,
+        account_id: str | None = None,
+    ) -> Instance:
+        """Wait until an instance is ``complete``, ``errored`` or ``terminated``; return it.
+
+        Polls cheaply (``simple=True``, no step log), first ``poll_interval`` seconds
+        apart, then a quarter longer each time up to ``max_poll_interval``; once the
+        status is terminal, fetches and returns the full :class:`Instance`, steps
+        included. Each poll is an API call and counts against the account's quota.
+
+        ``timeout`` (seconds, None for no limit) bounds the whole wait, final fetch
+        included; when it runs out the builtin :class:`TimeoutError` is raised. Errors
+        of a poll (for example :class:`NotFoundError`) propagate after the session's
+        retries. Cancelling the caller leaves nothing behind::
+
+            inst = await session.wait_for_instance("checkout", "order-981", timeout=600)
+            if inst.status == "errored":
+                print(inst.error)
+        """
+        account = self._account(account_id)
+        proto.check_workflow_name(workflow_name)
+        proto.check_instance_id(instance_id)
+        deadline = proto.check_timeout("timeout", timeout, allow_none=True)
+        interval = proto.check_timeout("poll_interval", poll_interval) or 1.0
+        ceiling = max(interval, proto.check_timeout("max_poll_interval", max_poll_interval) or 0)
+        status = "unknown"
+        with anyio.move_on_after(deadline):
+            while True:
+                polled = await self.get_instance(
+                    workflow_name, instance_id, simple=True, account_id=account
+                )
+                status = polled.status
+                if polled.is_terminal:
+                    return await self.get_instance(workflow_name, instance_id, account_id=account)
+                await anyio.sleep(interval)
+                interval = min(interval * _POLL_BACKOFF, ceiling)
+        raise TimeoutError(
+            f"instance {instance_id!r} of workflow {workflow_name!r} did not finish within "
+            f"{deadline:g} s (last status: {status})"
+        )
+
+    def get_instances(
+        self,
+        workflow_name: str,
+        instance_ids: Iterable[str],
+        *,
+        concurrency: int = 16,
+        order: str | None = None,
+        simple: bool | None = None,
+        account_id: str | None = None,
+        on_progress: Callable[[BatchProgress], object] | None = None,
+    ) -> Batch[str, Instance]:
+        """Fetch many instances of one workflow concurrently, as a :class:`Batch`.
+
+        Yields one :class:`BatchResult` per id (duplicates included) as the answers
+        arrive, each with the :class:`Instance` or the error for that id; one failure
+        never stops the others. At most ``concurrency`` requests are in flight, and all
+        of them go through the session's limiter and retries. ``order`` and ``simple``
+        are passed to every :meth:`get_instance`. Arguments and every id are checked
+        here, before any request::
+
+            async with session.get_instances("checkout", ids, concurrency=32) as batch:
+                async for result in batch:
+                    if result.ok:
+                        print(result.key, result.unwrap().status)
+                    else:
+                        print(result.key, "failed:", result.error)
+
+        ``on_progress`` receives a :class:`BatchProgress` (``done``, ``failed``,
+        ``total``) on entry and after each result.
+        """
+        account = self._account(account_id)
+        proto.check_workflow_name(workflow_name)
+        if order is not None:
+            proto.check_choice("order", order, proto.ORDERS)
+        if simple is not None and not isinstance(simple, bool):
+            raise TypeError(f"simple must be a bool, got {type(simple).__name__}")
+        return instances_batch(
+            self,
+            workflow_name,
+            instance_ids,
+            concurrency=concurrency,
+            order=order,
+            simple=simple,
+            account_id=account,
+            on_progress=on_progress,
+        )
+
+    def get_step_outputs(
+        self,
+        workflow_name: str,
+        instance_id: str,
+        *,
+        steps: Iterable[StepRef | str] | None = None,
+        concurrency: int = 8,
+        stream_dir: str | os.PathLike[str] | None = None,
+        max_stream_bytes: int | None = None,
+        account_id: str | None = None,
+        on_progress: Callable[[BatchProgress], object] | None = None,
+    ) -> Batch[StepRef, StepOutput | StreamedOutput]:
+        """Fetch the full output of many steps of one instance concurrently.
+
+        With ``steps=None`` the instance's log is fetched on entering the batch and
+        every ``step.do`` and ``waitForEvent`` step in it is fetched (once each, in any
+        order); or pass the steps yourself, as :class:`StepRef` or bare ``step.do``
+        names. Each :class:`BatchResult` is keyed by its :class:`StepRef` and holds a
+        :class:`StepOutput` (JSON) or a :class:`StreamedOutput` (a streamed output,
+        already read to the end, its connection released).
+
+        Streamed outputs are never held open or buffered without a bound:
+        ``stream_dir`` saves each to ``<stream_dir>/<encoded step name>.bin`` (created
+        if missing); ``max_stream_bytes`` alone reads each into memory up to that cap
+        (and caps the saved files when given with ``stream_dir``). A streamed output
+        over the cap, or any streamed output when neither is given, is an
+        :class:`OutputTooLargeError` result for that step::
+
+            async with session.get_step_outputs("etl", "run-7", stream_dir="out") as batch:
+                async for result in batch:
+                    value = result.unwrap()
+                    if isinstance(value, StreamedOutput):
+                        print(result.key.name, "saved to", value.path)
+                    else:
+                        print(result.key.name, value.output)
+        """
+        account = self._account(account_id)
+        proto.check_workflow_name(workflow_name)
+        proto.check_instance_id(instance_id)
+        return step_outputs_batch(
+            self,
+            workflow_name,
+            instance_id,
+            steps=steps,
+            concurrency=concurrency,
+            stream_dir=stream_dir,
+            max_stream_bytes=max_stream_bytes,
+            account_id=account,
+            on_progress=on_progress,
+        )
+
     # -- machinery -----------------------------------------------------------------
 
     def _account(self, account_id: str | None) -> str:
@@ -428,18 +588,23 @@ class WorkflowsSession:
 
     async def _wait_turn(self) -> None:
         """Wait out a 429 pause, then take a slot from the limiter."""
-        left = self._blocked_until - time.monotonic()
-        if left > 0:
+        await self._wait_unblocked()
+        if self.rate_limit is not None:
+            await self.rate_limit.acquire()
+            # A 429 may have arrived while we queued in the limiter; the session holds
+            # its own requests even if a custom limiter ignores pause().
+            await self._wait_unblocked()
+
+    async def _wait_unblocked(self) -> None:
+        """Sleep until the session's 429 pause is over (or fail fast past the cap)."""
+        while (left := self._blocked_until - time.monotonic()) > 0:
             if left > self._policy.retry_after_cap:
                 raise errors.RateLimitError(
                     f"Cloudflare rate-limited this session; {left:.0f} s of its Retry-After "
                     f"remain, over retry_after_cap={self._policy.retry_after_cap:g} s",
                     retry_after=left,
                 )
-            if self.rate_limit is None:
-                await anyio.sleep(left)
-        if self.rate_limit is not None:
-            await self.rate_limit.acquire()
+            await anyio.sleep(left)
 
 
 async def _decode_instance_page(
