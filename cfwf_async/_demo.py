@@ -3,8 +3,9 @@
 The fake API (:mod:`cfwf_async.testing`) serves on 127.0.0.1 an order-checkout instance
 that is still running: a sleep, an event wait, a step that failed twice before it
 succeeded (its output redacted as sensitive), a step whose output is a 4 MiB stream, and
-a step waiting to retry. The demo runs the real commands against it, through the real
-argument parser and HTTP, then lets the instance complete while ``cfwf watch`` follows it.
+a step waiting to retry; and four earlier orders for ``cfwf list``. The demo runs the
+real commands against it, through the real argument parser and HTTP, then lets the
+instance complete while ``cfwf watch`` follows it.
 """
 
 from __future__ import annotations
@@ -180,6 +181,20 @@ def fill_demo_api(api: FakeWorkflowsAPI, now: datetime) -> list[dict[str, Any]]:
     api.add_step_output(WORKFLOW, INSTANCE, "notify customer-1", None, status="running",
                         error={"name": "Error",
                                "message": "SMTP 451 4.7.1 greylisted, try again later"})
+    # Earlier orders, for `cfwf list`.
+    version = states[0]["versionId"]
+    for minutes, suffix, status, took in ((95, "96", "complete", 262.0),
+                                          (71, "97", "errored", 131.5),
+                                          (48, "98", "terminated", 610.0),
+                                          (22, "99", "complete", 248.9)):
+        created = now - timedelta(minutes=minutes)
+        started = created + timedelta(seconds=0.4)
+        ended = started + timedelta(seconds=took)
+        api.add_summary(WORKFLOW, f"order-7f3a{suffix}", {
+            "status": status, "created_on": _iso(created), "started_on": _iso(started),
+            "ended_on": _iso(ended), "modified_on": _iso(ended), "version_id": version,
+            "trigger_source": "api",
+        })
     return states
 
 
@@ -218,6 +233,7 @@ async def run_demo(console: Console, *, watch_interval: float = 0.25) -> int:
                 if saved != STREAM_SIZE:
                     console.error(f"the demo saved {saved} bytes, expected {STREAM_SIZE}")
                     return 1
+            codes.append(await run(["list", WORKFLOW]))
             api.add_instance_states(WORKFLOW, INSTANCE, states)
             codes.append(await run(["watch", WORKFLOW, INSTANCE,
                                     "--interval", f"{watch_interval:g}"]))

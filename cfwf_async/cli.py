@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import IO, Any, Final, Protocol
+from typing import IO, Any, Final, NoReturn
 
 import msgspec
 
@@ -269,11 +269,13 @@ def format_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def format_time(dt: datetime | None) -> str:
-    """A UTC timestamp with milliseconds, ``2026-10-30 08:00:00.120Z``; ``-`` for None."""
+def format_time(dt: datetime | None, *, millis: bool = True) -> str:
+    """A UTC timestamp, ``2026-10-30 08:00:00.120Z`` (or to the second); ``-`` for None."""
     if dt is None:
         return "-"
     utc = dt.astimezone(UTC)
+    if not millis:
+        return utc.strftime("%Y-%m-%d %H:%M:%SZ")
     return utc.strftime("%Y-%m-%d %H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
@@ -700,10 +702,6 @@ async def cmd_describe(session: WorkflowsSession, args: argparse.Namespace,
 # step
 
 
-class _ProgressSink(Protocol):
-    def __call__(self, done: int, total: int | None) -> None: ...
-
-
 class PlainProgress:
     """A one-line progress display on a terminal, for when rich is not installed."""
 
@@ -995,9 +993,10 @@ async def cmd_list(session: WorkflowsSession, args: argparse.Namespace,
                         dur += " so far"
                 else:
                     dur = "-"
-                rows.append([summary.id, summary.status, format_time(summary.created_on),
-                             format_time(summary.started_on), format_time(summary.ended_on),
-                             dur])
+                rows.append([summary.id, summary.status,
+                             format_time(summary.created_on, millis=False),
+                             format_time(summary.started_on, millis=False),
+                             format_time(summary.ended_on, millis=False), dur])
             if limit is not None and count >= limit:
                 break
     finally:
@@ -1047,6 +1046,14 @@ def _positive_float(text: str) -> float:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit status 2), like the rest."""
+
+    def error(self, message: str) -> NoReturn:
+        one_line = " ".join(message.split())
+        self.exit(EXIT_USAGE, f"cfwf: error: {one_line} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``cfwf`` argument parser."""
     from . import __version__
@@ -1061,7 +1068,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="API base URL (default: $CLOUDFLARE_BASE_URL or "
                                 "https://api.cloudflare.com/client/v4)")
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cfwf",
         description="Look at Cloudflare Workflows instances: describe, step outputs, watch, "
                     "list. Credentials come from CLOUDFLARE_API_TOKEN (or CLOUDFLARE_EMAIL "
@@ -1110,7 +1117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give up (exit 1) after S seconds")
     w.set_defaults(handler=cmd_watch)
 
-    ls = command("list", "a workflow's instances, newest first")
+    ls = command("list", "a workflow's instances, as a table or JSON lines")
     ls.add_argument("workflow", metavar="WORKFLOW")
     ls.add_argument("--status", choices=sorted(INSTANCE_STATUSES), metavar="STATUS",
                     help="only this status: " + ", ".join(sorted(INSTANCE_STATUSES)))
