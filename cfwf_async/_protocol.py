@@ -293,6 +293,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 _instance_decoder: Final = msgspec.json.Decoder(Envelope[Instance])
 _step_output_decoder: Final = msgspec.json.Decoder(Envelope[StepOutput])
+_flat_step_output_decoder: Final = msgspec.json.Decoder(StepOutput)
 _any_envelope_decoder: Final = msgspec.json.Decoder(Envelope[Any])
 
 _KNOWN_STEPS: Final[dict[str, type[Any]]] = {
@@ -392,11 +393,19 @@ def decode_instance(body: bytes, *, status: int = 200, cf_ray: str | None = None
 def decode_step_output(
     body: bytes, *, status: int = 200, cf_ray: str | None = None
 ) -> StepOutput:
-    """Decode a 2xx JSON ``get_step_output`` body."""
+    """Decode a 2xx JSON ``get_step_output`` body, enveloped or flat."""
     try:
         env = _step_output_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise _invalid("step output", exc, status, cf_ray) from None
+    if env.result is None and env.success is None:
+        # Cloudflare's reference page calls this answer "a flat status-shaped JSON
+        # body" while its schema shows the envelope: accept {status, error, output}
+        # bare too, rather than fail every call if the live API sends it that way.
+        try:
+            return _flat_step_output_decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise _invalid("step output", exc, status, cf_ray) from None
     return _result(env, "step output", status, cf_ray)
 
 

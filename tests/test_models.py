@@ -227,6 +227,20 @@ def test_step_output_redacted_and_event_type() -> None:
     assert event.event_type == "approve"
 
 
+def test_step_output_flat_body() -> None:
+    # The reference page describes "a flat status-shaped JSON body"; its schema shows the
+    # envelope. Both decode to the same StepOutput.
+    flat = b'{"status": "complete", "error": null, "output": {"id": 7}, "novel": 1}'
+    assert proto.decode_step_output(flat) == StepOutput(status="complete", output={"id": 7})
+    retrying = proto.decode_step_output(
+        b'{"status": "running", "error": {"name": "Error", "message": "boom"}, "output": null}'
+    )
+    assert retrying.error == ErrorInfo(name="Error", message="boom")
+    for broken in (b"{}", b'{"error": null}', b'{"status": 1}'):
+        with pytest.raises(APIResponseValidationError):
+            proto.decode_step_output(broken, status=200, cf_ray=None)
+
+
 @pytest.mark.parametrize("value", [None, 0, 1.5, "text", [1, 2], {"a": {"b": [None]}}, True])
 def test_step_output_any_json_value(value: Any) -> None:
     out = proto.decode_step_output(envelope({"status": "complete", "output": value}))

@@ -131,6 +131,13 @@ async def test_get_step_output_defaults_and_encoded_name(
 
 
 @pytest.mark.anyio
+async def test_flat_step_output_body(api: FakeWorkflowsAPI, session: WorkflowsSession) -> None:
+    api.fail_next(200, body=b'{"status": "waiting", "error": null, "output": null}')
+    out = await session.get_step_output("checkout", "order-981", name="approval-1")
+    assert out == StepOutput(status="waiting", error=None, output=None)
+
+
+@pytest.mark.anyio
 async def test_global_key_headers() -> None:
     api = FakeWorkflowsAPI(api_token="unused", api_email="ops@example.com", api_key="gk-123")
     api.add_instance("wf", "i1", make_instance())
