@@ -6,12 +6,14 @@ Every test talks HTTP to a real aiohttp.web server (the fake API or a plain app)
 from __future__ import annotations
 
 import gc
+import importlib.util
 import logging
 import socket
 import time
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -742,3 +744,22 @@ async def test_credentials_never_leak(
     for record in caplog.records:
         assert TOKEN not in record.getMessage()
         assert TOKEN not in repr(record.args)
+
+
+# ---------------------------------------------------------------------------
+# The README's runnable example
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
+
+
+@pytest.mark.anyio
+async def test_quickstart_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("quickstart_example", QUICKSTART)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    await module.main()
+    printed = capsys.readouterr().out
+    assert "instance order-981: complete, 3 steps" in printed
+    assert "5,242,880 bytes streamed" in printed
