@@ -344,7 +344,9 @@ def _decode_steps(steps: list[Any]) -> list[Any]:
         kind = raw.get("type")
         cls = _KNOWN_STEPS.get(kind) if isinstance(kind, str) else None
         if cls is None:
-            out.append(UnknownStep(type=str(kind), fields=raw))
+            # A missing or non-string tag is "", not "None" or "5", which could pass for
+            # a real type name.
+            out.append(UnknownStep(type=kind if isinstance(kind, str) else "", fields=raw))
         else:
             out.append(msgspec.convert(raw, cls))
     return out

@@ -363,6 +363,17 @@ def test_unknown_step_type_without_a_name() -> None:
     assert step.name == ""
 
 
+def test_step_without_a_usable_type() -> None:
+    body = envelope({"status": "running", "steps": [{"name": "untagged"}, {"type": 5}]})
+    untagged, numeric = proto.decode_instance(body).steps
+    assert isinstance(untagged, UnknownStep)
+    assert untagged.type == ""
+    assert untagged.name == "untagged"
+    assert isinstance(numeric, UnknownStep)
+    assert numeric.type == ""
+    assert numeric.fields == {"type": 5}
+
+
 def test_all_known_types_never_take_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[bytes] = []
     real = proto._decode_instance_slow
