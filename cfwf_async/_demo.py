@@ -130,13 +130,13 @@ def demo_instance_states(now: datetime) -> list[dict[str, Any]]:
          ],
          "config": {"retries": {"delay": "[dynamic]", "limit": 3}, "timeout": 30000,
                     "sensitive": "output"}},
-        ok_step(STREAM_STEP, 133.1, 215.0, None,
+        ok_step(STREAM_STEP, 133.1, 258.0, None,
                 {"retries": {"delay": 1000, "limit": 2, "backoff": "constant"},
                  "timeout": "5 minutes"}),
-        {"type": "step", "name": "notify customer-1", "start": at(262.0), "end": None,
+        {"type": "step", "name": "notify customer-1", "start": at(258.1), "end": None,
          "success": None, "output": None,
-         "attempts": [{"start": at(262.0), "end": at(263.2), "error": smtp, "success": False}],
-         "config": {"retries": {"delay": "10 seconds", "limit": 5, "backoff": "constant"},
+         "attempts": [{"start": at(258.1), "end": at(259.3), "error": smtp, "success": False}],
+         "config": {"retries": {"delay": "15 seconds", "limit": 5, "backoff": "constant"},
                     "timeout": "1 minute"}},
     ]
     running: dict[str, Any] = {
@@ -148,20 +148,20 @@ def demo_instance_states(now: datetime) -> list[dict[str, Any]]:
     }
     # Later states: the retry runs, succeeds, one more step, then the instance completes.
     retry_running = dict(steps[-1], attempts=[
-        *steps[-1]["attempts"], {"start": at(273.2), "end": None, "error": None, "success": None}
+        *steps[-1]["attempts"], {"start": at(274.3), "end": None, "error": None, "success": None}
     ])
-    retry_ok = dict(retry_running, end=at(273.8), success=True, attempts=[
-        *steps[-1]["attempts"], {"start": at(273.2), "end": at(273.8), "error": None,
+    retry_ok = dict(retry_running, end=at(274.9), success=True, attempts=[
+        *steps[-1]["attempts"], {"start": at(274.3), "end": at(274.9), "error": None,
                                  "success": True}
     ])
-    audit = ok_step("write audit log-1", 273.9, 274.3, "null",
+    audit = ok_step("write audit log-1", 275.0, 275.4, "null",
                     {"retries": default_retries, "timeout": "10 minutes"})
     s1 = dict(running, steps=[*steps[:-1], retry_running])
     s2_steps = [*steps[:-1], retry_ok, dict(audit, end=None, success=None, attempts=[
-        {"start": at(273.9), "end": None, "error": None, "success": None}])]
+        {"start": at(275.0), "end": None, "error": None, "success": None}])]
     s2 = dict(running, steps=s2_steps, step_count=len(s2_steps))
     s3_steps = [*steps[:-1], retry_ok, audit]
-    s3 = dict(running, status="complete", end=at(274.4), success=True,
+    s3 = dict(running, status="complete", end=at(275.5), success=True,
               output='{"invoice":"INV-2026-0042"}', steps=s3_steps, step_count=len(s3_steps))
     return [running, s1, s2, s3]
 

@@ -7,14 +7,17 @@ with ``anyio.run_process``, so the server keeps answering while the command runs
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from subprocess import CompletedProcess
+from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from cfwf_async._demo import (
@@ -24,6 +27,8 @@ from cfwf_async._demo import (
     demo_instance_states,
     fill_demo_api,
 )
+from cfwf_async.cli import Console, parse_duration, render_describe, render_timeline
+from cfwf_async.models import Instance
 from cfwf_async.testing import FakeWorkflowsAPI
 
 pytestmark = pytest.mark.anyio
@@ -95,7 +100,7 @@ async def test_describe_prints_summary_steps_retries_and_timeline(
     assert "failed: Error: payment gateway timed out (HTTP 504)" in out
     assert "delay dynamic" in out
     assert "[REDACTED] (sensitive: redacted by Cloudflare)" in out
-    assert "next retry: " in out  # notify customer-1 waits 10 s after its failed attempt
+    assert "next retry: " in out  # notify customer-1 waits 15 s after its failed attempt
     timeline = out[out.index("Timeline"):]
     assert "▓" in timeline  # a failed attempt
     assert "█" in timeline  # a successful one
@@ -313,3 +318,54 @@ async def test_usage_error_is_one_line_exit_2_before_any_request(
     line = assert_clean_error(result, 2)
     assert "--since" in line
     assert fake_api.requests == []
+
+
+# -- the rendering itself, in-process (no subprocess needed) -------------------------
+
+
+def render(inst_result: dict[str, Any], now: datetime) -> str:
+    inst = msgspec.convert(inst_result, Instance)
+    console = Console(io.StringIO(), io.StringIO())
+    return "\n".join(render_describe(console, WORKFLOW, INSTANCE, inst, now=now))
+
+
+def test_next_retry_is_last_attempt_end_plus_delay_or_dynamic() -> None:
+    now = datetime(2026, 10, 30, 8, 10, tzinfo=UTC)
+    running = demo_instance_states(now)[0]
+    out = render(running, now)
+    # The demo starts 4m30s before now; the failed attempt ended 259.3 s in; delay 15 s.
+    base = now - timedelta(minutes=4, seconds=30)
+    expected = base + timedelta(seconds=259.3 + 15)
+    assert f"next retry: {expected:%H:%M:%S}.{expected.microsecond // 1000:03d} (in 4.30s)" in out
+
+    notify = dict(running["steps"][-1])
+    notify["config"] = {"retries": {"delay": "[dynamic]", "limit": 5}}
+    out = render(dict(running, steps=[*running["steps"][:-1], notify]), now)
+    assert "next retry: dynamic" in out
+
+    notify["config"] = {"retries": {"delay": 2000, "limit": 5, "backoff": "exponential"}}
+    notify["attempts"] = [*notify["attempts"], *notify["attempts"]]  # two failures: 2 s * 2
+    out = render(dict(running, steps=[*running["steps"][:-1], notify]), now)
+    end = datetime.fromisoformat(notify["attempts"][-1]["end"]) + timedelta(seconds=4)
+    assert f"next retry: ≈ {end:%H:%M:%S}." in out
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(1000, 1.0), (30000, 30.0), ("10 seconds", 10.0), ("1 second", 1.0),
+     ("5 minutes", 300.0), ("2 hours", 7200.0), ("1 day", 86400.0), ("250", 0.25),
+     ("[dynamic]", None), ("soon", None), (None, None), (True, None)],
+)
+def test_parse_duration(value: object, seconds: float | None) -> None:
+    assert parse_duration(value) == seconds
+
+
+def test_timeline_marks_slow_step_and_retries() -> None:
+    now = datetime(2026, 10, 30, 8, 10, tzinfo=UTC)
+    inst = msgspec.convert(demo_instance_states(now)[3], Instance)  # complete
+    lines = render_timeline(Console(io.StringIO(), io.StringIO()), inst, now=now, width=50)
+    bars = {line[2:26].strip(): line[27:77] for line in lines[1:-1]}
+    assert bars["export ledger-1"].count("█") > 20  # the slow step: 125 of 275 s
+    assert bars["charge card-1"].count("▓") == 2  # two failed attempts
+    assert "·" in bars["charge card-1"]  # the waits between them
+    assert set(bars["settle-1"].strip()) == {"░"}
