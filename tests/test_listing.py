@@ -8,7 +8,7 @@ that never answers.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -18,6 +18,8 @@ import anyio
 import msgspec
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cfwf_async import (
     APIResponseValidationError,
@@ -316,10 +318,10 @@ async def test_a_page_without_cursor_is_the_last(last: Any) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("items", [[], None], ids=["empty-list", "null"])
-async def test_a_page_without_items_is_the_last_even_with_a_cursor(items: Any) -> None:
+@pytest.mark.parametrize("result", [[], None], ids=["empty-list", "null"])
+async def test_a_page_without_items_is_the_last_even_with_a_cursor(result: Any) -> None:
     seen: list[dict[str, str]] = []
-    pages = {None: page_body(items, "more")}
+    pages: dict[str | None, bytes] = {None: page_body(result, "more")}
     async with plain_server(scripted(pages, seen)) as url, plain_session(url) as session:
         assert [s async for s in session.list_instances("checkout")] == []
     assert len(seen) == 1
@@ -643,3 +645,98 @@ async def test_list_instances_returns_an_iterator_without_await(
     assert "finished" in repr(listing)
     with pytest.raises(StopAsyncIteration):
         await listing.__anext__()
+
+
+@pytest.mark.anyio
+async def test_one_listing_fetches_one_page_at_a_time(
+    fake_api: FakeWorkflowsAPI, session: WorkflowsSession
+) -> None:
+    fake_api.add_summary("checkout", "order-0000", summary(0))
+    listing = session.list_instances("checkout")
+    refused: list[RuntimeError] = []
+
+    async def meddle() -> None:
+        try:
+            await listing.__anext__()
+        except RuntimeError as exc:
+            refused.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(meddle)  # runs while this task waits for the first page
+        first = await listing.__anext__()
+    assert first.id == "order-0000"
+    assert len(refused) == 1
+    assert "already fetching" in str(refused[0])
+    assert len(fake_api.requests) == 1
+
+
+# -- paging logic without a socket (InstanceListing over an in-memory fetch) ----------
+
+
+def run_listing(answer: Callable[[str | None], proto.InstancePage]) -> tuple[list[str], int, bool]:
+    """Drain an InstanceListing whose pages come from ``answer(cursor)``.
+
+    Returns the ids handed out, the number of pages requested, and whether it ended
+    with the replayed-cursor error.
+    """
+    requests = 0
+
+    async def fetch(query: Mapping[str, str]) -> proto.InstancePage:
+        nonlocal requests
+        requests += 1
+        if requests > 1000:
+            raise AssertionError("the listing does not end")
+        return answer(query.get("cursor"))
+
+    async def main() -> tuple[list[str], bool]:
+        got: list[str] = []
+        try:
+            async for s in InstanceListing(fetch, {"per_page": "3"}):
+                got.append(s.id)
+        except APIResponseValidationError:
+            return got, True
+        return got, False
+
+    got, replayed = anyio.run(main)
+    return got, requests, replayed
+
+
+def items(ids: list[str]) -> list[InstanceSummary]:
+    return [InstanceSummary(id=i, status="complete") for i in ids]
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 4), max_size=8))
+def test_pages_are_concatenated_up_to_the_first_empty_or_last_one(sizes: list[int]) -> None:
+    pages = [[f"p{n}-{k}" for k in range(size)] for n, size in enumerate(sizes)]
+
+    def answer(cursor: str | None) -> proto.InstancePage:
+        n = 0 if cursor is None else int(cursor)
+        ids = pages[n] if n < len(pages) else []
+        nxt = str(n + 1) if n + 1 < len(pages) else None
+        return proto.InstancePage(items(ids), nxt if ids else None)
+
+    got, requests, replayed = run_listing(answer)
+    first_empty = next((n for n, p in enumerate(pages) if not p), len(pages))
+    expected = [i for p in pages[:first_empty] for i in p]
+    assert got == expected
+    assert requests == max(1, min(first_empty + 1, len(pages)))
+    assert not replayed
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cursors=st.lists(st.sampled_from(["a", "b", "c", "d"]), min_size=1, max_size=30),
+)
+def test_any_server_ends_within_one_request_per_distinct_cursor(cursors: list[str]) -> None:
+    """Whatever cursors a server hands out from a set of k, at most k + 1 requests."""
+    answers = iter(cursors)
+
+    def answer(cursor: str | None) -> proto.InstancePage:
+        return proto.InstancePage(items(["x"]), next(answers, None))
+
+    _, requests, replayed = run_listing(answer)
+    distinct = len(set(cursors))
+    assert requests <= distinct + 1
+    handed_out = cursors[:requests]
+    assert replayed == (len(set(handed_out)) < len(handed_out))
