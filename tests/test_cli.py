@@ -219,6 +219,19 @@ async def test_watch_exits_1_when_errored(
     assert "NonRetryableError: card declined" in out
 
 
+async def test_works_without_rich(
+    fake_api: UnfoldingWorkflowsAPI, base_url: str, tmp_path: Path
+) -> None:
+    # rich is the optional `cli` extra: with it unimportable, the SDK and the command
+    # (off a terminal, where no progress bar is drawn) work the same.
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['rich'] = None\n")
+    env = child_env(fake_api, PYTHONPATH=str(tmp_path))
+    result = await cfwf("step", WORKFLOW, INSTANCE, "--step", "export ledger-1", "--output",
+                        str(tmp_path / "ledger.csv"), "--base-url", base_url, env=env)
+    assert result.returncode == 0, result.stderr.decode()
+    assert (tmp_path / "ledger.csv").stat().st_size == 4 << 20
+
+
 # Refuses every connection and name lookup that is not loopback, and records what the
 # process tried, so the demo test can show that it used no network.
 NETWORK_GUARD = '''
