@@ -212,6 +212,11 @@ class Batch(Generic[K, V]):
         task_group.cancel_scope.cancel()
         if self._receive is not None:
             self._receive.close()
+        if isinstance(exc, Exception):
+            # The caller's own error: let it propagate as itself, not wrapped in an
+            # ExceptionGroup by the task group (the workers never raise).
+            await task_group.__aexit__(None, None, None)
+            return False
         return await task_group.__aexit__(exc_type, exc, tb)
 
     def __aiter__(self) -> Batch[K, V]:
