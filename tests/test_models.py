@@ -13,7 +13,12 @@ import msgspec
 import pytest
 
 from cfwf_async import _protocol as proto
-from cfwf_async.errors import APIResponseValidationError
+from cfwf_async.errors import (
+    APIResponseValidationError,
+    APIStatusError,
+    AuthenticationError,
+    NotFoundError,
+)
 from cfwf_async.models import (
     INSTANCE_STATUSES,
     TERMINAL_STATUSES,
@@ -245,6 +250,25 @@ def test_step_output_flat_body() -> None:
 def test_step_output_any_json_value(value: Any) -> None:
     out = proto.decode_step_output(envelope({"status": "complete", "output": value}))
     assert out.output == value
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "cls", "code", "message"),
+    [
+        ("error-401.json", 401, AuthenticationError, 10000, "Authentication error"),
+        ("error-404.json", 404, NotFoundError, 10001, "instance.not_found"),
+    ],
+)
+def test_error_samples(
+    name: str, status: int, cls: type[APIStatusError], code: int, message: str
+) -> None:
+    exc = proto.status_error(status, method="GET", path="/p", body=sample(name), cf_ray="r-1")
+    assert type(exc) is cls
+    assert [(e.code, e.message) for e in exc.errors] == [(code, message)]
+    assert message in str(exc)
+    # The same body on a 2xx is not a result either.
+    with pytest.raises(APIResponseValidationError, match=message):
+        proto.decode_instance(sample(name))
 
 
 # ---------------------------------------------------------------------------

@@ -475,6 +475,28 @@ async def test_explicit_aclose_before_reading(
 
 
 @pytest.mark.anyio
+async def test_a_dropped_stream_gives_its_connection_back(
+    fake_api: FakeWorkflowsAPI, base_url: str
+) -> None:
+    fake_api.add_step_output("wf", "run-1", "big-1", StreamBody.repeat(8 * MiB))
+    fake_api.add_instance("wf", "run-1", make_instance())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http, \
+                WorkflowsSession(api_token=fake_api.api_token, account_id=fake_api.account_id,
+                                 base_url=base_url, rate_limit=None, http_session=http) as s:
+            out = await stream_of(s, "big-1")
+            await out.__anext__()
+            del out  # never closed: the last-resort finaliser must free the connection
+            gc.collect()
+            with anyio.fail_after(5):
+                inst = await s.get_instance("wf", "run-1")
+            assert inst.status == "complete"
+        gc.collect()
+    assert [str(w.message) for w in caught if "nclosed" in str(w.message)] == []
+
+
+@pytest.mark.anyio
 async def test_no_unclosed_warnings_after_streams(
     fake_api: FakeWorkflowsAPI, base_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
