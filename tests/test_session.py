@@ -589,6 +589,75 @@ async def test_slow_server_times_out(serve_app: ServeApp) -> None:
 
 
 @pytest.mark.anyio
+async def test_timeout_bounds_each_attempt(serve_app: ServeApp) -> None:
+    release = anyio.Event()
+    hits = 0
+
+    async def slow(request: web.Request) -> web.Response:
+        nonlocal hits
+        hits += 1
+        await release.wait()
+        return web.json_response({"success": True, "result": {"status": "complete"}})
+
+    app = web.Application()
+    app.router.add_get("/v4/accounts/a/workflows/w/instances/i", slow)
+    async with serve_app(app) as root:
+        try:
+            async with WorkflowsSession(api_token="t", account_id="a", base_url=root + "/v4",
+                                        rate_limit=None, max_retries=1, timeout=0.2) as s:
+                with anyio.fail_after(10), pytest.raises(APITimeoutError):
+                    await fast_backoff(s).get_instance("w", "i")
+        finally:
+            release.set()
+    assert hits == 2  # a timeout is retried, and each attempt gets its own timeout
+
+
+def partial_json_app(release: anyio.Event | None) -> web.Application:
+    """Sends the headers and part of a JSON body, then stalls (or drops the connection)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_type = "application/json"
+        resp.content_length = 200
+        await resp.prepare(request)
+        await resp.write(b'{"success": true, "result": {"sta')
+        if release is not None:
+            await release.wait()
+        else:
+            assert request.transport is not None
+            request.transport.close()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v4/accounts/a/workflows/w/instances/i", handler)
+    return app
+
+
+@pytest.mark.anyio
+async def test_json_body_that_stalls_times_out(serve_app: ServeApp) -> None:
+    release = anyio.Event()
+    async with serve_app(partial_json_app(release)) as root:
+        try:
+            async with WorkflowsSession(api_token="t", account_id="a", base_url=root + "/v4",
+                                        rate_limit=None, max_retries=0, timeout=0.3) as s:
+                with anyio.fail_after(10), pytest.raises(APITimeoutError):
+                    await s.get_instance("w", "i")
+        finally:
+            release.set()
+
+
+@pytest.mark.anyio
+async def test_json_body_that_breaks_off(serve_app: ServeApp) -> None:
+    async with serve_app(partial_json_app(None)) as root, WorkflowsSession(
+        api_token="t", account_id="a", base_url=root + "/v4", rate_limit=None, max_retries=0
+    ) as s:
+        with anyio.fail_after(10), pytest.raises(APIConnectionError) as info:
+            await s.get_instance("w", "i")
+    # A body cut short is a transport failure (retryable), not a validation error.
+    assert not isinstance(info.value, APITimeoutError)
+
+
+@pytest.mark.anyio
 async def test_redirects_are_not_followed(api: FakeWorkflowsAPI, base_url: str) -> None:
     elsewhere = FakeWorkflowsAPI()
     async with elsewhere.serve() as other_url:
