@@ -314,6 +314,24 @@ async def test_truncated_stream_save_leaves_no_file(serve_app: ServeApp, tmp_pat
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.anyio
+async def test_cancelled_save_leaves_no_file(serve_app: ServeApp, tmp_path: Path) -> None:
+    release = anyio.Event()
+    target = tmp_path / "out.bin"
+    async with serve_app(stalling_app(release)) as root:
+        try:
+            async with plain_session(root) as s:
+                out = await plain_stream(s)
+                with anyio.CancelScope() as scope:
+                    # Cancel once the first chunk is on disk; the save is then waiting.
+                    await out.save(target, progress=lambda _n, _total: scope.cancel())
+                assert scope.cancelled_caught
+                assert out.closed
+        finally:
+            release.set()
+    assert os.listdir(tmp_path) == []
+
+
 def gzip_app(data: bytes, *, cut: int | None = None) -> web.Application:
     """Serves ``data`` gzip-compressed; with ``cut``, drops the connection after that many
     encoded bytes."""
