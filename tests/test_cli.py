@@ -54,6 +54,8 @@ def child_env(api: FakeWorkflowsAPI | None, **extra: str) -> dict[str, str]:
     if api is not None:
         env["CLOUDFLARE_API_TOKEN"] = api.api_token
         env["CLOUDFLARE_ACCOUNT_ID"] = api.account_id
+    # The assertions look for the block glyphs, which need a UTF-8 stdout.
+    env["PYTHONIOENCODING"] = "utf-8"
     env.update(extra)
     return env
 
