@@ -181,14 +181,41 @@ def check_base_url(value: str, *, allow_insecure_http: bool) -> str:
 # Headers
 
 
+_CREDENTIAL_RE: Final = re.compile(r"[\x21-\x7e]+")
+_CREDENTIAL_ENV: Final = {
+    "api_token": "CLOUDFLARE_API_TOKEN",
+    "api_email": "CLOUDFLARE_EMAIL",
+    "api_key": "CLOUDFLARE_API_KEY",
+}
+
+
+def _credential(name: str, value: object) -> str:
+    """Refuse a credential that is not a str of visible ASCII, without echoing it.
+
+    A token read from a file often ends in a newline: caught here, at construction,
+    instead of as an obscure header error on every request.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    if not _CREDENTIAL_RE.fullmatch(value):
+        raise ValueError(
+            f"{name} (or {_CREDENTIAL_ENV[name]}) must be visible ASCII characters only: "
+            "no spaces, line breaks or control characters (a trailing newline?)"
+        )
+    return value
+
+
 def auth_headers(
     *, api_token: str | None, api_email: str | None, api_key: str | None
 ) -> dict[str, str]:
     """The authentication headers: a Bearer token, or the legacy email + global key."""
     if api_token:
-        return {"Authorization": f"Bearer {api_token}"}
+        return {"Authorization": f"Bearer {_credential('api_token', api_token)}"}
     if api_email and api_key:
-        return {"X-Auth-Email": api_email, "X-Auth-Key": api_key}
+        return {
+            "X-Auth-Email": _credential("api_email", api_email),
+            "X-Auth-Key": _credential("api_key", api_key),
+        }
     if api_key or api_email:
         raise ValueError(
             "a global API key needs both api_email and api_key "

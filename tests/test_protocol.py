@@ -267,6 +267,21 @@ def test_auth_headers() -> None:
     assert "s3cret-key" not in str(info.value)
 
 
+@pytest.mark.parametrize("value", ["tok\n", "tok\r\nX-Evil: 1", "to ken", "tök", "\x00", "\t"])
+@pytest.mark.parametrize("field", ["api_token", "api_key", "api_email"])
+def test_credentials_must_be_visible_ascii(field: str, value: str) -> None:
+    creds: dict[str, str | None] = {"api_token": None, "api_email": "e@x", "api_key": "k"}
+    creds[field] = value
+    with pytest.raises(ValueError, match=field) as info:
+        proto.auth_headers(**creds)
+    assert value not in str(info.value)
+
+
+def test_credentials_must_be_str() -> None:
+    with pytest.raises(TypeError, match="api_token"):
+        proto.auth_headers(api_token=b"bytes-token", api_email=None, api_key=None)  # type: ignore[arg-type]
+
+
 def test_secret_headers_cover_every_credential_header() -> None:
     for kind in (
         proto.auth_headers(api_token="t", api_email=None, api_key=None),

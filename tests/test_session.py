@@ -215,6 +215,13 @@ def test_default_base_url() -> None:
     assert s.account_id is None
 
 
+def test_a_token_with_a_newline_fails_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLOUDFLARE_API_TOKEN", "from-a-file\n")
+    with pytest.raises(ValueError, match="CLOUDFLARE_API_TOKEN") as info:
+        WorkflowsSession()
+    assert "from-a-file" not in str(info.value)
+
+
 def test_missing_credentials_fail_at_construction() -> None:
     with pytest.raises(ValueError, match="CLOUDFLARE_API_TOKEN"):
         WorkflowsSession(account_id="a")
