@@ -185,6 +185,8 @@ class Batch(Generic[K, V]):
         self._entered = True
         keys = self._keys if not callable(self._keys) else await self._keys()
         self.total = len(keys)
+        # Before the task group starts, so a hook that raises leaves nothing running.
+        self._report()
         send, receive = anyio.create_memory_object_stream[BatchResult[K, V]](
             self._concurrency
         )
@@ -195,7 +197,6 @@ class Batch(Generic[K, V]):
         with send:
             for _ in range(min(self._concurrency, len(keys))):
                 task_group.start_soon(self._worker, shared, send.clone())
-        self._report()
         return self
 
     async def __aexit__(

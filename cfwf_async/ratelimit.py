@@ -199,7 +199,7 @@ class RateLimit:
 
         ``info.reset`` counts from now. Within one window the estimate only goes down,
         because answers to concurrent requests arrive in any order; a later reset
-        starts a new window.
+        starts a new window, and an answer from an earlier window is ignored.
         """
         if info.quota:
             self._server_quota = info.quota
@@ -209,13 +209,13 @@ class RateLimit:
         now = time.monotonic()
         reset_at = now + reset
         left = self._server_left
-        if (
-            left is not None
-            and now < self._server_reset_at
-            and reset_at <= self._server_reset_at + _SAME_WINDOW_SLACK
-        ):
-            self._server_left = min(left, remaining)
-            self._server_reset_at = max(self._server_reset_at, reset_at)
-        else:
-            self._server_left = remaining
-            self._server_reset_at = reset_at
+        if left is not None and now < self._server_reset_at:
+            if reset_at < self._server_reset_at - _SAME_WINDOW_SLACK:
+                # Sent before the current window began, answered after: stale.
+                return
+            if reset_at <= self._server_reset_at + _SAME_WINDOW_SLACK:
+                self._server_left = min(left, remaining)
+                self._server_reset_at = max(self._server_reset_at, reset_at)
+                return
+        self._server_left = remaining
+        self._server_reset_at = reset_at
