@@ -139,8 +139,9 @@ class Batch(Generic[K, V]):
     ``concurrency`` workers (never one task per input, so a million ids cost
     ``concurrency`` tasks), iterating yields one :class:`BatchResult` per input in
     completion order, and leaving the block cancels whatever is still running. At
-    most ``concurrency`` finished results wait for the caller, so a slow consumer
-    slows the workers down instead of growing memory.
+    most ``2 * concurrency`` finished results wait for the caller (a buffer of
+    ``concurrency``, plus one per worker), so a slow consumer slows the workers down
+    instead of growing memory.
 
     ``on_progress`` is called with a :class:`BatchProgress` once on entry (``done=0``,
     for a progress bar's total) and after each result is delivered, in the caller's
