@@ -17,18 +17,34 @@ Register instances and step outputs, start the server, point a session at it::
 
 The server checks credentials like Cloudflare does (401 with an error envelope), answers
 404 for anything not registered, gives every answer a ``cf-ray`` header, and records each
-request in :attr:`FakeWorkflowsAPI.requests`. :meth:`FakeWorkflowsAPI.fail_next` scripts
-error answers, for testing retry and error handling.
+request in :attr:`FakeWorkflowsAPI.requests`.
+
+Faults, for testing retry and error handling: :meth:`FakeWorkflowsAPI.inject` scripts a
+:class:`Fault` for the next requests, :meth:`FakeWorkflowsAPI.fault_rate` injects faults
+at a seeded random rate, and :attr:`FakeWorkflowsAPI.injected` counts what was injected::
+
+    from cfwf_async.testing import Fault
+
+    api.inject(Fault.http(503), times=2)            # two 503 envelopes, then the real answer
+    api.inject(Fault.reset())                       # connection reset before any answer
+    api.fault_rate(0.2, [Fault.http(500), Fault.edge_page(502),
+                         Fault.rate_limit(0), Fault.reset()], seed=7)
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
+import math
+import random
+import socket
+import struct
+import time
 import uuid
 import zlib
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,7 +55,13 @@ from aiohttp import web
 
 from .models import INSTANCE_STATUSES
 
-__all__ = ["FakeWorkflowsAPI", "RecordedRequest", "ScriptedAnswer", "StreamBody", "make_instance"]
+__all__ = [
+    "FakeWorkflowsAPI",
+    "Fault",
+    "RecordedRequest",
+    "StreamBody",
+    "make_instance",
+]
 
 API_PREFIX: Final = "/client/v4"
 
@@ -59,6 +81,10 @@ class RecordedRequest:
     query: dict[str, str]
     headers: dict[str, str]
     match: dict[str, str]
+    #: The label of the :class:`Fault` injected into this request, or None.
+    fault: str | None = None
+    #: When the request arrived (``time.monotonic()``), for measuring pacing.
+    received_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -95,15 +121,6 @@ class StreamBody:
         return cls(gen, size)
 
 
-@dataclass
-class ScriptedAnswer:
-    """An answer the fake API gives instead of the real one (see ``fail_next``)."""
-
-    status: int
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    content_type: str = "application/json"
-
 
 def envelope_error(code: int, message: str) -> bytes:
     """A Cloudflare error envelope as bytes."""
@@ -111,6 +128,214 @@ def envelope_error(code: int, message: str) -> bytes:
         {"errors": [{"code": code, "message": message}], "messages": [], "success": False,
          "result": None}
     )
+
+
+_EDGE_PAGE: Final = """<!DOCTYPE html>
+<html lang="en"><head><title>api.cloudflare.com | {status}: edge error</title></head>
+<body><h1>Error code {status}</h1>
+<p>The Cloudflare edge could not get a valid answer from the origin (fake page, cf-ray {ray}).</p>
+</body></html>
+"""
+
+# Which statuses Cloudflare's edge answers with an HTML page rather than a JSON envelope.
+EDGE_STATUSES: Final = frozenset({502, 504, *range(520, 528)})
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One way for an answer to go wrong; build it with the class methods below.
+
+    Give it to :meth:`FakeWorkflowsAPI.inject` (the next requests) or
+    :meth:`FakeWorkflowsAPI.fault_rate` (a random share of all requests). Every fault
+    has a short ``label`` (``"503"``, ``"edge 502"``, ``"reset"``...) under which
+    :attr:`FakeWorkflowsAPI.injected` counts it and :attr:`RecordedRequest.fault`
+    names it.
+
+    Answers instead of the real one:
+        :meth:`http` (any status, envelope error), :meth:`rate_limit` (429 with
+        ``Retry-After``), :meth:`edge_page` (Cloudflare's HTML error page),
+        :meth:`malformed` (a body that is not the promised JSON).
+    The transport failing before the answer:
+        :meth:`reset` (connection reset), :meth:`delay` (the answer comes late, after
+        the client's timeout).
+    The real answer (or an error envelope), delivered badly:
+        :meth:`truncate` (the body stops short of its ``Content-Length``; JSON or
+        stream alike), :meth:`bad_chunking` (a broken chunked encoding),
+        :meth:`trickle` (bytes dribble in, for slow streams), :meth:`stall` (part of
+        the body, then nothing).
+    """
+
+    kind: str
+    label: str
+    status: int | None = None
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+    seconds: float = 0.0
+    keep: float = 0.5
+    chunk_size: int = 64
+
+    # -- canned answers ----------------------------------------------------------
+
+    @classmethod
+    def http(
+        cls,
+        status: int,
+        *,
+        errors: Sequence[tuple[int, str]] | None = None,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> Fault:
+        """Answer with ``status`` and a Cloudflare error envelope.
+
+        ``errors`` are ``(code, message)`` pairs (default one ``fake error <status>``);
+        ``body`` replaces the envelope with any bytes.
+        """
+        _check_status(status)
+        if body is None:
+            body = _error_envelope(errors or [(10000 + status, f"fake error {status}")])
+        return cls(
+            "answer", str(status), status=status, body=body,
+            headers=dict(headers or {}), content_type=content_type,
+        )
+
+    @classmethod
+    def rate_limit(cls, retry_after: float | str | None = 0) -> Fault:
+        """429 with ``Retry-After: <retry_after>`` (None sends no ``Retry-After``)."""
+        headers = {} if retry_after is None else {"Retry-After": _seconds_text(retry_after)}
+        body = _error_envelope([(971, "Please wait and consider throttling your request speed")])
+        return cls("answer", "429", status=429, body=body, headers=headers)
+
+    @classmethod
+    def edge_page(cls, status: int = 502) -> Fault:
+        """Cloudflare's edge failing: an HTML error page, not JSON (502, 504, 520..527)."""
+        if status not in EDGE_STATUSES:
+            raise ValueError(f"status must be 502, 504 or 520..527, got {status!r}")
+        return cls(
+            "answer", f"edge {status}", status=status,
+            body=_EDGE_PAGE.format(status=status, ray="{ray}").encode(),
+            content_type="text/html",
+        )
+
+    @classmethod
+    def malformed(cls, status: int = 200, body: bytes | None = None) -> Fault:
+        """A ``application/json`` answer whose body is not an envelope (by default not JSON)."""
+        _check_status(status)
+        return cls(
+            "answer", f"malformed {status}", status=status,
+            body=b'{"success": true, "result": <oops>' if body is None else body,
+        )
+
+    # -- transport failures before the answer ---------------------------------------
+
+    @classmethod
+    def reset(cls) -> Fault:
+        """Reset the connection (TCP RST) after reading the request, before any answer."""
+        return cls("reset", "reset")
+
+    @classmethod
+    def delay(cls, seconds: float) -> Fault:
+        """Hold the answer back for ``seconds`` (make it longer than the client's timeout).
+
+        The server stops waiting as soon as the client hangs up.
+        """
+        return cls("delay", "delay", seconds=_check_seconds(seconds))
+
+    # -- bodies delivered badly -------------------------------------------------------
+
+    @classmethod
+    def truncate(cls, keep: float = 0.5, *, status: int | None = None) -> Fault:
+        """Announce the full ``Content-Length``, send the first ``keep`` share, hang up.
+
+        Applies to the real answer (a JSON body or a streamed output); with ``status``
+        the answer is that status's error envelope instead, cut the same way.
+        """
+        if not 0.0 <= keep < 1.0:
+            raise ValueError(f"keep must be in [0, 1), got {keep!r}")
+        if status is None:
+            return cls("truncate", "truncate", keep=keep)
+        _check_status(status)
+        body = _error_envelope([(10000 + status, f"fake error {status}")])
+        return cls("truncate", f"truncate {status}", status=status, body=body, keep=keep)
+
+    @classmethod
+    def bad_chunking(cls, keep: float = 0.5) -> Fault:
+        """Send the real answer chunked, with a corrupt chunk header after ``keep`` of it."""
+        if not 0.0 <= keep < 1.0:
+            raise ValueError(f"keep must be in [0, 1), got {keep!r}")
+        return cls("bad_chunking", "bad chunking", keep=keep)
+
+    @classmethod
+    def trickle(cls, chunk_size: int = 64, interval: float = 0.05) -> Fault:
+        """Send the real answer ``chunk_size`` bytes at a time, ``interval`` seconds apart."""
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+        return cls("trickle", "trickle", seconds=_check_seconds(interval), chunk_size=chunk_size)
+
+    @classmethod
+    def stall(cls, keep: float = 0.5, *, seconds: float = 30.0) -> Fault:
+        """Send the first ``keep`` share of the real answer, then nothing for ``seconds``.
+
+        The server stops waiting as soon as the client hangs up.
+        """
+        if not 0.0 <= keep < 1.0:
+            raise ValueError(f"keep must be in [0, 1), got {keep!r}")
+        return cls("stall", "stall", keep=keep, seconds=_check_seconds(seconds))
+
+
+def _check_status(status: object) -> None:
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        raise ValueError(f"status must be an HTTP status (100..599), got {status!r}")
+
+
+def _check_seconds(seconds: object) -> float:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+        raise ValueError(f"seconds must be a number >= 0, got {seconds!r}")
+    return float(seconds)
+
+
+def _seconds_text(value: float | str) -> str:
+    if isinstance(value, str):
+        return value
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _error_envelope(items: Sequence[tuple[int, str]]) -> bytes:
+    return msgspec.json.encode(
+        {"errors": [{"code": c, "message": m} for c, m in items], "messages": [],
+         "success": False, "result": None}
+    )
+
+
+_FAULT: Final = web.RequestKey("cfwf_async.fault", Fault)
+_BODY_FAULTS: Final = frozenset({"truncate", "bad_chunking", "trickle", "stall"})
+
+
+async def _wait_unless_gone(request: web.Request, seconds: float) -> None:
+    """Sleep up to ``seconds``, returning early once the client has hung up.
+
+    aiohttp does not cancel a handler when its client disconnects, so a delayed or
+    stalled answer polls for that instead of holding the server's shutdown.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (left := deadline - loop.time()) > 0:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        await asyncio.sleep(min(0.02, left))
+
+
+def _reset(request: web.Request) -> None:
+    """Drop the connection with a TCP RST (SO_LINGER 0), as a crashed peer would."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def make_instance(
@@ -181,9 +406,18 @@ class FakeWorkflowsAPI:
         #: Page size of a listing request that sends no ``per_page``.
         self.default_per_page = 50
         self._outputs: dict[tuple[str, str, str, str, int | None], Any] = {}
-        self._scripted: deque[ScriptedAnswer] = deque()
+        self._scripted: deque[Fault] = deque()
+        self._fault_rate = 0.0
+        self._fault_mix: tuple[Fault, ...] = ()
+        self._fault_rng = random.Random(0)
+        #: How many times each fault was injected, by :attr:`Fault.label`.
+        self.injected: Counter[str] = Counter()
         self._rays = itertools.count(1)
         self.base_url: str | None = None
+        self._quota: _SimulatedQuota | None = None
+        #: Requests that arrived after the simulated quota (``set_ratelimit``) had run
+        #: out; the real API would have answered them 429 and blocked the user.
+        self.over_quota = 0
 
     # -- registration ----------------------------------------------------------
 
@@ -256,24 +490,104 @@ class FakeWorkflowsAPI:
 
         By default the body is a Cloudflare error envelope (``errors`` as
         ``(code, message)`` pairs); pass ``body`` for anything else (an HTML edge page,
-        an empty body).
+        an empty body). The same as ``inject(Fault.http(...), times=times)``.
         """
-        if body is None:
-            items = errors or [(10000 + status, f"fake error {status}")]
-            body = msgspec.json.encode(
-                {"errors": [{"code": c, "message": m} for c, m in items], "messages": [],
-                 "success": False, "result": None}
-            )
-        for _ in range(times):
-            self._scripted.append(
-                ScriptedAnswer(status, body, dict(headers or {}), content_type)
-            )
+        self.inject(
+            Fault.http(
+                status, errors=errors, body=body, headers=headers, content_type=content_type
+            ),
+            times=times,
+        )
+
+    def inject(self, fault: Fault, *, times: int = 1) -> None:
+        """Give the next ``times`` requests ``fault`` (after faults injected earlier).
+
+        Scripted faults come first, before random ones (:meth:`fault_rate`) and before
+        the credential check::
+
+            api.inject(Fault.rate_limit(retry_after=1))
+            api.inject(Fault.http(503), times=2)
+        """
+        if not isinstance(fault, Fault):
+            raise TypeError(f"fault must be a Fault, got {type(fault).__name__}")
+        if isinstance(times, bool) or not isinstance(times, int) or times < 0:
+            raise ValueError(f"times must be an int >= 0, got {times!r}")
+        self._scripted.extend([fault] * times)
+
+    def fault_rate(self, rate: float, mix: Sequence[Fault], *, seed: int = 0) -> None:
+        """Inject a fault into a random share ``rate`` (0..1) of requests, drawn from ``mix``.
+
+        Each request draws once: with probability ``rate`` it gets one of ``mix``, picked
+        uniformly (list a fault twice to make it twice as likely). ``seed`` makes the
+        sequence of draws repeatable; which request meets which draw still depends on
+        the order requests arrive in. ``rate=0`` turns random faults off::
+
+            api.fault_rate(0.2, [Fault.http(503), Fault.reset(), Fault.delay(1.0)], seed=1)
+        """
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+            raise ValueError(f"rate must be a number in [0, 1], got {rate!r}")
+        mix = tuple(mix)
+        if rate and not mix:
+            raise ValueError("mix must name at least one Fault")
+        for fault in mix:
+            if not isinstance(fault, Fault):
+                raise TypeError(f"mix must hold Fault values, got {type(fault).__name__}")
+        self._fault_rate = float(rate)
+        self._fault_mix = mix
+        self._fault_rng = random.Random(seed)
+
+    def clear_faults(self) -> None:
+        """Drop scripted faults and stop random ones (:attr:`injected` keeps its counts)."""
+        self._scripted.clear()
+        self._fault_rate = 0.0
+
+    def _draw_fault(self) -> Fault | None:
+        if self._scripted:
+            return self._scripted.popleft()
+        if self._fault_rate and self._fault_rng.random() < self._fault_rate:
+            return self._fault_rng.choice(self._fault_mix)
+        return None
+
+    def set_ratelimit(
+        self,
+        remaining: int | None,
+        reset: float = 300.0,
+        *,
+        quota: int = 1200,
+        window: float = 300.0,
+        policy: str = "default",
+    ) -> None:
+        """Send Cloudflare's ``Ratelimit`` headers on every answer, from a simulated quota.
+
+        The next answer says ``Ratelimit: "default";r=<remaining>;t=<reset>`` and
+        ``Ratelimit-Policy: "default";q=<quota>;w=<window>``; each later answer reports
+        one request fewer (never below 0) and a reset ``t`` counting down in whole
+        seconds. When the reset comes, a new window starts with ``quota`` requests.
+        Requests arriving with nothing left are counted in :attr:`over_quota` (they are
+        still answered normally). ``remaining=None`` stops sending the headers::
+
+            api.set_ratelimit(0, 2)     # "r=0;t=2": a paced client holds for 2 s
+            api.set_ratelimit(5, 60, quota=100, window=60)
+        """
+        if remaining is None:
+            self._quota = None
+            return
+        if isinstance(remaining, bool) or not isinstance(remaining, int) or remaining < 0:
+            raise ValueError(f"remaining must be an int >= 0 or None, got {remaining!r}")
+        if isinstance(quota, bool) or not isinstance(quota, int) or quota < 1:
+            raise ValueError(f"quota must be an int >= 1, got {quota!r}")
+        for name, value in (("reset", reset), ("window", window)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                value > 0 and math.isfinite(value)
+            ):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        self._quota = _SimulatedQuota(remaining, float(reset), quota, float(window), policy)
 
     # -- serving ---------------------------------------------------------------
 
     def make_app(self) -> web.Application:
         """The ``aiohttp.web`` application, for callers that run it themselves."""
-        app = web.Application()
+        app = web.Application(middlewares=[self._inject_faults])
         base = API_PREFIX + "/accounts/{account_id}/workflows/{workflow_name}/instances"
         app.router.add_get(base, self._list_instances)
         app.router.add_get(base + "/{instance_id}", self._get_instance)
@@ -297,6 +611,7 @@ class FakeWorkflowsAPI:
     # -- handlers ------------------------------------------------------------------
 
     def _record(self, request: web.Request) -> None:
+        fault = request.get(_FAULT)
         self.requests.append(
             RecordedRequest(
                 method=request.method,
@@ -305,11 +620,103 @@ class FakeWorkflowsAPI:
                 query=dict(request.query),
                 headers=dict(request.headers),
                 match=dict(request.match_info),
+                fault=None if fault is None else fault.label,
             )
         )
 
+    @web.middleware
+    async def _inject_faults(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Draw a fault for the request; the handler records it and ``_check`` answers it."""
+        fault = self._draw_fault()
+        if fault is None:
+            return await handler(request)
+        request[_FAULT] = fault
+        self.injected[fault.label] += 1
+        if fault.kind == "delay":
+            await _wait_unless_gone(request, fault.seconds)
+        resp = await handler(request)
+        if fault.kind == "reset":
+            _reset(request)
+        elif fault.kind in _BODY_FAULTS and isinstance(resp, web.Response) and not resp.prepared:
+            body = resp.body if isinstance(resp.body, bytes) else b""
+            headers = {
+                k: v for k, v in resp.headers.items()
+                if k.lower() not in ("content-length", "content-type")
+            }
+
+            async def whole() -> AsyncIterator[bytes]:
+                yield body
+
+            return await self._send_body(
+                request, resp.status, headers, resp.content_type, whole(), len(body)
+            )
+        return resp
+
+    async def _send_body(
+        self,
+        request: web.Request,
+        status: int,
+        headers: Mapping[str, str],
+        content_type: str,
+        chunks: AsyncIterator[bytes],
+        size: int | None,
+    ) -> web.StreamResponse:
+        """Stream an answer's body, spoiling it the way the request's fault says."""
+        fault = request.get(_FAULT)
+        kind = None if fault is None or fault.kind not in _BODY_FAULTS else fault.kind
+        resp = web.StreamResponse(status=status, headers=headers)
+        resp.content_type = content_type
+        if size is not None and kind != "bad_chunking":
+            resp.content_length = size
+        await resp.prepare(request)
+        if kind is None:
+            async for chunk in chunks:
+                await resp.write(chunk)
+            await resp.write_eof()
+            return resp
+        assert fault is not None
+        # Where a cut fault breaks off; with no size announced, after the first chunk.
+        limit = None if kind == "trickle" else (
+            int(size * fault.keep) if size is not None else -1
+        )
+        sent = 0
+        async for chunk in chunks:
+            if limit is not None and (limit < 0 or sent + len(chunk) >= limit):
+                part = chunk if limit < 0 else chunk[: limit - sent]
+                if part:
+                    await resp.write(part)
+                break
+            if kind == "trickle":
+                step = fault.chunk_size
+                for i in range(0, len(chunk), step):
+                    await resp.write(chunk[i : i + step])
+                    await asyncio.sleep(fault.seconds)
+            else:
+                await resp.write(chunk)
+            sent += len(chunk)
+        else:
+            if limit is None:
+                await resp.write_eof()
+                return resp
+        transport = request.transport
+        if kind == "stall":
+            await _wait_unless_gone(request, fault.seconds)
+        elif kind == "bad_chunking" and transport is not None:
+            # Not a hex size: the client's chunk parser must refuse it.
+            transport.write(b"zz-not-a-size\r\n")
+        if transport is not None:
+            transport.close()  # flushes what was written, then FIN: a short body
+        return resp
+
     def _headers(self) -> dict[str, str]:
-        return {"cf-ray": f"{next(self._rays):016x}-FAKE"}
+        headers = {"cf-ray": f"{next(self._rays):016x}-FAKE"}
+        if self._quota is not None:
+            # Every answer counts one request against the simulated quota.
+            over = self._quota.take(headers)
+            self.over_quota += over
+        return headers
 
     def _json(self, status: int, body: bytes) -> web.Response:
         return web.Response(
@@ -317,14 +724,16 @@ class FakeWorkflowsAPI:
         )
 
     def _check(self, request: web.Request) -> web.StreamResponse | None:
-        """Scripted answers first, then authentication and the account."""
-        if self._scripted:
-            answer = self._scripted.popleft()
+        """An injected fault's answer first, then authentication and the account."""
+        fault = request.get(_FAULT)
+        if fault is not None and (fault.status is not None or fault.kind == "reset"):
+            # A reset answers an empty shell: the middleware drops the connection before
+            # it goes out, and no handler gets to stream anything first.
             return web.Response(
-                status=answer.status,
-                body=answer.body,
-                content_type=answer.content_type,
-                headers={**self._headers(), **answer.headers},
+                status=fault.status or 200,
+                body=fault.body,
+                content_type=fault.content_type,
+                headers={**self._headers(), **fault.headers},
             )
         h = request.headers
         authed = h.get("Authorization") == f"Bearer {self.api_token}" or (
@@ -422,19 +831,15 @@ class FakeWorkflowsAPI:
         if found is None:
             return self._json(404, envelope_error(10001, "step.not_found"))
         if isinstance(found, StreamBody):
-            resp = web.StreamResponse(headers=self._headers())
-            resp.content_type = "application/octet-stream"
-            if found.size is not None:
-                resp.content_length = found.size
-            await resp.prepare(request)
-            async for chunk in found.chunks():
-                await resp.write(chunk)
-            await resp.write_eof()
-            return resp
+            return await self._send_body(
+                request, 200, self._headers(), "application/octet-stream",
+                found.chunks(), found.size,
+            )
         body = msgspec.json.encode(
             {"errors": [], "messages": [], "success": True, "result": found}
         )
         return self._json(200, body)
+
 
 # -- listing -----------------------------------------------------------------------
 
@@ -546,3 +951,33 @@ def _cursor_offset(cursor: str, fingerprint: str) -> int:
     if offset < 0:
         raise ValueError("cursor: invalid")
     return offset
+
+
+# -- rate-limit headers -------------------------------------------------------------
+
+
+class _SimulatedQuota:
+    """The account quota behind ``set_ratelimit``: ``left`` is what the next answer says."""
+
+    def __init__(
+        self, remaining: int, reset: float, quota: int, window: float, policy: str
+    ) -> None:
+        self.left = remaining
+        self.reset_at = time.monotonic() + reset
+        self.quota = quota
+        self.window = window
+        self.policy = policy.replace('"', "")
+
+    def take(self, headers: dict[str, str]) -> int:
+        """Count one request, add the headers that report it; 1 if it was over the quota."""
+        now = time.monotonic()
+        if now >= self.reset_at:
+            windows = math.floor((now - self.reset_at) / self.window) + 1
+            self.reset_at += windows * self.window
+            self.left = self.quota - 1
+        over = 1 if self.left < 0 else 0
+        reset = max(1, math.ceil(self.reset_at - now))
+        headers["Ratelimit"] = f'"{self.policy}";r={max(0, self.left)};t={reset}'
+        headers["Ratelimit-Policy"] = f'"{self.policy}";q={self.quota};w={self.window:g}'
+        self.left -= 1
+        return over
