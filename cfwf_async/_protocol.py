@@ -8,6 +8,7 @@ values only, so most of the SDK is tested without a server.
 from __future__ import annotations
 
 import email.utils
+import functools
 import ipaddress
 import math
 import re
@@ -125,6 +126,10 @@ def query_string(params: Mapping[str, str]) -> str:
     return "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
 
 
+# Cached: percent-encoding three segments was the largest cost of a call on our side
+# (about 3.5 µs of ~100 µs CPU per loopback get_instance), and a program polls the same
+# few instances over and over. Bounded, so a sweep over many ids cannot grow it.
+@functools.lru_cache(maxsize=4096)
 def instance_path(account_id: str, workflow_name: str, instance_id: str) -> str:
     return (
         f"/accounts/{segment(account_id)}/workflows/{segment(workflow_name)}"
