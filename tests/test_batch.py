@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cfwf_async import (
     Batch,
@@ -85,6 +89,39 @@ async def test_two_thousand_ids_with_five_percent_missing() -> None:
     # A fixed pool: 16 workers plus the server's handlers, never a task per id.
     assert most_tasks < 100
     assert len(api.requests) == 2000
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    keys=st.lists(st.integers(0, 30), max_size=80),
+    failing=st.frozensets(st.integers(0, 30)),
+    concurrency=st.integers(1, 12),
+    yields=st.integers(0, 3),
+)
+def test_one_result_per_input_whatever_fails(
+    keys: list[int], failing: frozenset[int], concurrency: int, yields: int
+) -> None:
+    """Any inputs (duplicates too), any failures, any pool size: nothing lost or doubled."""
+
+    async def fetch(key: int) -> int:
+        for _ in range(yields + key % 3):  # interleave the workers differently
+            await anyio.lowlevel.checkpoint()
+        if key in failing:
+            raise LookupError(key)
+        return key * 2
+
+    async def run() -> list[BatchResult[int, int]]:
+        async with Batch(keys, fetch, concurrency=concurrency) as batch:
+            return [r async for r in batch]
+
+    results = anyio.run(run)
+    assert Counter(r.key for r in results) == Counter(keys)
+    for r in results:
+        if r.key in failing:
+            assert isinstance(r.error, LookupError)
+            assert not r.ok
+        else:
+            assert r.unwrap() == r.key * 2
 
 
 @pytest.mark.anyio
