@@ -475,11 +475,18 @@ def status_error(
     body: bytes,
     cf_ray: str | None,
     retry_after: float | None = None,
+    cut_short: bool = False,
 ) -> errors.APIStatusError:
-    """Map a non-2xx answer to its exception, with Cloudflare's messages in the text."""
-    items = _error_items(body)
+    """Map a non-2xx answer to its exception, with Cloudflare's messages in the text.
+
+    ``cut_short`` says the body broke off before its end (``body`` is then ignored):
+    the status alone decides the exception.
+    """
+    items = [] if cut_short else _error_items(body)
     detail = "; ".join(f"{e.message} (code {e.code})" for e in items)
-    if not detail:
+    if cut_short:
+        detail = "the body broke off before its end"
+    elif not detail:
         detail = "HTML or empty body" if body else "empty body"
     message = f"{method} {path} returned {status}: {detail}"
     if status == 429:

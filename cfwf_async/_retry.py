@@ -62,14 +62,24 @@ class RetryPolicy:
 class RetryBudget:
     """A session-wide retry quota, in the spirit of the AWS SDKs' retry token bucket.
 
-    Every retry spends ``retry_cost`` tokens (``timeout_cost`` after a timeout); every
-    successful call puts ``success_refund`` back, up to ``capacity``. With the bucket
-    empty a failing call gives up at once with its last error, so when the API is down
-    a busy session stops multiplying its load by ``max_retries + 1``: after the
-    bucket drains, each call costs one request.
+    Every retry spends ``retry_cost`` tokens (``timeout_cost`` after a timeout, since a
+    timed-out attempt held a connection for the whole timeout). A call that succeeds on
+    a retry puts that retry's cost back; a call that succeeds at once adds
+    ``success_refund``; the bucket never holds more than ``capacity``. Transient faults
+    therefore cost nothing in the long run, while a run of calls that keep failing
+    drains the bucket, and with it empty a failing call gives up at once with its last
+    error: when the API is down, a busy session stops multiplying its load by
+    ``max_retries + 1``.
 
     Over a run of ``n`` calls that all fail, the total number of requests is at most
-    ``n + capacity // retry_cost``.
+    ``n + capacity // retry_cost`` (each retry takes at least ``retry_cost`` tokens and
+    nothing is put back). With the defaults that is ``n + 100``::
+
+        WorkflowsSession(retry_budget=RetryBudget(capacity=50))   # n + 10
+        WorkflowsSession(retry_budget=None)                       # no budget
+
+    One budget may be shared by several sessions (of one event loop) to bound them
+    together.
     """
 
     __slots__ = ("capacity", "retry_cost", "success_refund", "timeout_cost", "tokens")
@@ -82,26 +92,38 @@ class RetryBudget:
         timeout_cost: int = 10,
         success_refund: int = 1,
     ) -> None:
-        if capacity < 0 or retry_cost < 1 or timeout_cost < 1 or success_refund < 0:
-            raise ValueError("RetryBudget needs capacity >= 0 and costs >= 1")
+        for name, value, low in (
+            ("capacity", capacity, 0),
+            ("retry_cost", retry_cost, 1),
+            ("timeout_cost", timeout_cost, 1),
+            ("success_refund", success_refund, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         self.capacity = capacity
         self.retry_cost = retry_cost
         self.timeout_cost = timeout_cost
         self.success_refund = success_refund
+        #: Tokens left; a retry needs its cost in tokens.
         self.tokens = capacity
 
     def __repr__(self) -> str:
         return f"RetryBudget(tokens={self.tokens}/{self.capacity})"
 
-    def try_spend(self, exc: BaseException) -> bool:
-        """Take the cost of retrying after ``exc``; False (nothing taken) when too few."""
-        cost = self.timeout_cost if isinstance(exc, errors.APITimeoutError) else self.retry_cost
-        if cost > self.tokens:
-            return False
-        self.tokens -= cost
-        return True
+    def cost(self, exc: BaseException) -> int:
+        """What a retry after ``exc`` costs."""
+        return self.timeout_cost if isinstance(exc, errors.APITimeoutError) else self.retry_cost
 
-    def refund(self) -> None:
-        """A call succeeded: put tokens back."""
-        if self.tokens < self.capacity:
-            self.tokens = min(self.capacity, self.tokens + self.success_refund)
+    def try_spend(self, exc: BaseException) -> int:
+        """Take the cost of retrying after ``exc``; return it, or 0 (nothing taken) if short."""
+        cost = self.cost(exc)
+        if cost > self.tokens:
+            return 0
+        self.tokens -= cost
+        return cost
+
+    def refund(self, retry_cost: int = 0) -> None:
+        """A call succeeded: put back the cost of the retry that succeeded (``retry_cost``),
+        or ``success_refund`` when the first attempt did."""
+        amount = retry_cost if retry_cost > 0 else self.success_refund
+        self.tokens = min(self.capacity, self.tokens + amount)

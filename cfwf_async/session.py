@@ -502,6 +502,7 @@ class WorkflowsSession:
             target += "?" + proto.query_string(query)
         url = URL(target, encoded=True)
         retry = 0
+        spent = 0  # what the latest retry took from the budget
         while True:
             await self._wait_turn()
             try:
@@ -509,8 +510,14 @@ class WorkflowsSession:
             except errors.WorkflowsError as exc:
                 retry += 1
                 delay = self._policy.delay(retry, exc)
-                if delay is None or (self._budget is not None and not self._budget.try_spend(exc)):
+                if delay is None:
                     raise
+                if self._budget is not None:
+                    spent = self._budget.try_spend(exc)
+                    if not spent:
+                        if logger.isEnabledFor(logging.DEBUG):
+                            logger.debug("GET %s not retried: the retry budget is empty", path)
+                        raise
                 if logger.isEnabledFor(logging.DEBUG):
                     logger.debug(
                         "GET %s retrying in %.3f s after %s", path, delay, type(exc).__name__
@@ -518,7 +525,7 @@ class WorkflowsSession:
                 await anyio.sleep(delay)
                 continue
             if self._budget is not None:
-                self._budget.refund()
+                self._budget.refund(spent)
             return result
 
     async def _attempt(
@@ -554,31 +561,56 @@ class WorkflowsSession:
                 if info is not None:
                     await self.rate_limit.observe(info)
             if 200 <= status < 300:
-                result = await decode(resp, ray)
+                try:
+                    result = await decode(resp, ray)
+                except aiohttp.ClientPayloadError as exc:
+                    # A 2xx body cut short (or with broken chunking) is a body that does
+                    # not decode; it is not retried like a lost connection.
+                    raise errors.APIResponseValidationError(
+                        f"GET {path}: the {status} answer's body broke off: {exc}",
+                        status_code=status,
+                        cf_ray=ray,
+                    ) from exc
                 handed_over = isinstance(result, StepStream)
                 return result
-            body = await resp.read()
+            cut_short = False
+            try:
+                body = await resp.read()
+            except aiohttp.ClientPayloadError:
+                # The status still says what went wrong: map (and retry) by status.
+                body, cut_short = b"", True
             retry_after = proto.parse_retry_after(headers.get("Retry-After"))
             if status == 429 and retry_after:
                 await self._pause(retry_after)
             raise proto.status_error(
-                status, method="GET", path=path, body=body, cf_ray=ray, retry_after=retry_after
+                status, method="GET", path=path, body=body, cf_ray=ray, retry_after=retry_after,
+                cut_short=cut_short,
             )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            self._log_failure(path, attempt, started, exc)
             raise errors.APITimeoutError(
                 f"GET {path} timed out after {self.timeout:g} s (attempt {attempt})"
             ) from exc
-        except aiohttp.ClientPayloadError as exc:
-            raise errors.APIConnectionError(
-                f"GET {path}: the answer body broke off: {exc}"
-            ) from exc
         except (aiohttp.ClientError, OSError) as exc:
+            self._log_failure(path, attempt, started, exc)
+            # A ClientResponseError carries the request's headers, credentials included:
+            # keep it out of the exception chain.
+            cause = None if isinstance(exc, aiohttp.ClientResponseError) else exc
             raise errors.APIConnectionError(
                 f"GET {path} failed: {type(exc).__name__}: {_safe_reason(exc)}"
-            ) from exc
+            ) from cause
         finally:
             if resp is not None and not handed_over:
                 resp.release()
+
+    @staticmethod
+    def _log_failure(path: str, attempt: int, started: float, exc: BaseException) -> None:
+        """The per-attempt debug line for an attempt that got no status."""
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "GET %s -> no answer (%s) attempt %d in %.1f ms",
+                path, type(exc).__name__, attempt, (time.monotonic() - started) * 1000,
+            )
 
     async def _pause(self, seconds: float) -> None:
         """A 429 pauses the whole session, and every session sharing its limiter."""

@@ -22,6 +22,9 @@ from .errors import APIConnectionError, APITimeoutError, OutputTooLargeError, St
 
 __all__ = ["StepStream"]
 
+# How long a read waits before checking that the connection is still open.
+_CLOSED_CHECK = 0.25
+
 class StepStream:
     """The raw bytes of a streamed step output.
 
@@ -111,7 +114,7 @@ class StepStream:
             )
         self._started = True
         try:
-            chunk = await self._response.content.readany()
+            chunk = await self._read_any()
         except BaseException as exc:
             self._abort()
             translated = self._translate(exc)
@@ -145,13 +148,37 @@ class StepStream:
         self._release()
         return b""
 
+    async def _read_any(self) -> bytes:
+        """``readany()``, plus a check that the connection is still there while waiting.
+
+        aiohttp's C parser, on a corrupt chunk header that arrives after the headers,
+        closes the connection without failing the body or keeping the read timeout
+        (aiohttp 3.14): a plain ``readany()`` would then wait forever.
+        """
+        content = self._response.content
+        waited = False
+        while True:
+            chunk = content.read_nowait()  # raises the body's error, if it has one
+            if chunk or content.at_eof():
+                return chunk
+            if waited:
+                connection = self._response.connection
+                if connection is None or connection.closed:
+                    raise aiohttp.ClientPayloadError(
+                        "the connection closed before the body was complete"
+                    )
+            with anyio.move_on_after(_CLOSED_CHECK):
+                return await content.readany()
+            waited = True
+
     def _translate(self, exc: BaseException) -> BaseException:
         if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
             return APITimeoutError(
                 f"no data for the stream within the timeout after {self.bytes_read} bytes",
                 cf_ray=self.cf_ray,
             )
-        if isinstance(exc, aiohttp.ClientPayloadError):
+        # A ClientResponseError while reading the body is a protocol violation in it.
+        if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ClientResponseError)):
             return StreamError(
                 f"the stream broke after {self.bytes_read} bytes: {exc}",
                 received=self.bytes_read,
