@@ -504,7 +504,10 @@ class WorkflowsSession:
         retry = 0
         spent = 0  # what the latest retry took from the budget
         while True:
-            await self._wait_turn()
+            # Idle fast path: with no limiter and no 429 pause in force there is nothing
+            # to wait for, so skip the coroutine round trips.
+            if self.rate_limit is not None or self._blocked_until > time.monotonic():
+                await self._wait_turn()
             try:
                 result = await self._attempt(http, url, path, decode, stream, retry + 1)
             except errors.WorkflowsError as exc:
@@ -620,12 +623,14 @@ class WorkflowsSession:
 
     async def _wait_turn(self) -> None:
         """Wait out a 429 pause, then take a slot from the limiter."""
-        await self._wait_unblocked()
+        if self._blocked_until > time.monotonic():
+            await self._wait_unblocked()
         if self.rate_limit is not None:
             await self.rate_limit.acquire()
             # A 429 may have arrived while we queued in the limiter; the session holds
             # its own requests even if a custom limiter ignores pause().
-            await self._wait_unblocked()
+            if self._blocked_until > time.monotonic():
+                await self._wait_unblocked()
 
     async def _wait_unblocked(self) -> None:
         """Sleep until the session's 429 pause is over (or fail fast past the cap)."""
