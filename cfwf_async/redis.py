@@ -41,10 +41,12 @@ import random
 import re
 import secrets
 import time
+from collections import deque
 from types import TracebackType
 from typing import Any, Final, Self, cast
 
 import anyio
+import anyio.lowlevel
 
 try:
     import redis.asyncio as aioredis
@@ -64,8 +66,9 @@ __all__ = ["RedisRateLimit"]
 
 logger = logging.getLogger("cfwf_async.redis")
 
-# KEYS[1] window (sorted set), KEYS[2] pause (string); ARGV: limit, period in µs, member.
-# Answers 0 when a slot was taken, else the µs to wait before asking again.
+# KEYS[1] window (sorted set), KEYS[2] pause (string); ARGV: limit, period in µs, then one
+# member per acquisition wanted. Grants slots in ARGV order while the window has room and
+# answers {granted, µs until the next slot may free (0 when all were granted)}.
 _ACQUIRE: Final = """
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -74,20 +77,28 @@ local limit = tonumber(ARGV[1])
 local period = tonumber(ARGV[2])
 local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
 if paused > now then
-  return paused - now
+  return {0, paused - now}
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
 local count = redis.call('ZCARD', KEYS[1])
-if count < limit then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
+local wanted = #ARGV - 2
+local granted = math.max(0, math.min(wanted, limit - count))
+if granted > 0 then
+  local entries = {}
+  for i = 1, granted do
+    entries[2 * i - 1] = now
+    entries[2 * i] = ARGV[2 + i]
+  end
+  redis.call('ZADD', KEYS[1], unpack(entries))
   redis.call('PEXPIRE', KEYS[1], math.ceil(period / 1000) + 1)
-  return 0
+  count = count + granted
 end
--- The window is full: the slot frees when the entry that would make it fit leaves.
+if granted == wanted then
+  return {granted, 0}
+end
+-- The window is full: the next slot frees when the entry that would make room leaves.
 local entry = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
-local wait = tonumber(entry[2]) + period - now
-if wait < 1 then wait = 1 end
-return wait
+return {granted, math.max(1, tonumber(entry[2]) + period - now)}
 """
 
 # KEYS[1] pause; ARGV[1] pause length in µs. Never shortens a longer pause.
@@ -103,6 +114,9 @@ if now + length > current then
 end
 return 0
 """
+
+#: Most acquisitions asked for in one round trip (Lua's stack bounds a script's arguments).
+_MAX_BATCH: Final = 256
 
 _URL_CREDENTIALS: Final = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^@/\s]*@")
 
@@ -183,7 +197,8 @@ class RedisRateLimit:
         # per-object prefix and a counter.
         self._member_prefix: Final = secrets.token_hex(8)
         self._counter = itertools.count()
-        self._lock = anyio.Lock()
+        self._queue: deque[_Waiter] = deque()
+        self._leader: _Waiter | None = None
         self._paused_until = 0.0  # this process's copy of the latest pause (monotonic)
         self._down_until = 0.0  # with a fallback: skip Redis until then (monotonic)
         self._down = False
@@ -273,16 +288,152 @@ class RedisRateLimit:
         be reached and there is no ``fallback``. Cancelling it never consumes a slot.
         """
         await self._sit_out_pause()
-        # Fast path: no waiter of ours is queued, so ask Redis straight away.
-        if not self._lock.locked() and await self._try_take() <= 0:
+        if self._fallback_active():
+            await cast(Limiter, self.fallback).acquire()
             return
-        async with self._lock:
-            while True:
+        me = _Waiter()
+        self._queue.append(me)
+        if self._leader is not None:
+            try:
+                await me.done.wait()
+            except anyio.get_cancelled_exc_class():
+                await self._abandon(me)
+                raise
+            if me.granted:
+                return
+            if me.error is not None:
+                await self._redis_failed(me.error, log=False)
+                return
+        # Nobody is talking to Redis for this process: this caller does, for everyone queued.
+        self._leader = me
+        await self._lead(me)
+
+    async def _lead(self, me: _Waiter) -> None:
+        """Ask Redis for slots for every queued caller (``me`` first) until ``me`` has one.
+
+        At most one round trip per object is in flight: callers arriving meanwhile queue
+        up and go together in the next one, so a busy process pays one round trip for
+        many acquisitions instead of one each.
+        """
+        while True:
+            try:
                 await self._sit_out_pause()
-                wait = await self._try_take()
-                if wait <= 0:
-                    return
-                await anyio.sleep(wait + random.uniform(0.0, self.jitter))
+                # Let callers that are ready to run in this same turn of the event loop
+                # queue up first, so they share this round trip instead of the next.
+                await anyio.lowlevel.checkpoint()
+            except anyio.get_cancelled_exc_class():
+                self._queue.remove(me)
+                self._hand_over()
+                raise
+            batch = list(itertools.islice(self._queue, _MAX_BATCH))
+            for w in batch:
+                w.member = f"{self._member_prefix}:{next(self._counter)}"
+            try:
+                # Shielded: the answer decides the fate of every caller in the batch.
+                with anyio.CancelScope(shield=True):
+                    answer = await self._acquire_script(
+                        keys=[self._window_key, self._pause_key],
+                        args=[self.requests, self._period_us, *(w.member for w in batch)],
+                    )
+            except anyio.get_cancelled_exc_class():
+                # Cancelled from outside anyio's scopes (task.cancel()): the script may
+                # or may not have run, so give back whatever it may have granted.
+                await self._release([w.member for w in batch])
+                self._queue.remove(me)
+                self._hand_over()
+                raise
+            except (RedisError, OSError) as exc:
+                waiting = list(self._queue)
+                self._queue.clear()
+                self._leader = None
+                for w in waiting:
+                    if w is not me:
+                        w.error = exc
+                        w.done.set()
+                await self._redis_failed(exc, log=True)
+                return
+            if self._down:
+                self._down = False
+                logger.warning("Redis at %s answers again; the shared limit is back", self._where)
+            granted, wait_us = (int(x) for x in cast("list[int]", answer))
+            given_back: list[str] = []
+            for w in batch[:granted]:
+                if w.cancelled:
+                    given_back.append(w.member)
+                    continue
+                first = self._queue.popleft()
+                assert first is w, "queue order broken"
+                w.granted = True
+                if w is not me:
+                    w.done.set()
+            if given_back:
+                await self._release(given_back)
+            if me.granted:
+                self._hand_over()
+                try:
+                    await anyio.lowlevel.checkpoint_if_cancelled()
+                except anyio.get_cancelled_exc_class():
+                    await self._release([me.member])
+                    raise
+                return
+            try:
+                await anyio.sleep(wait_us / 1_000_000 + random.uniform(0.0, self.jitter))
+            except anyio.get_cancelled_exc_class():
+                self._queue.remove(me)
+                self._hand_over()
+                raise
+
+    def _hand_over(self) -> None:
+        """The leader is done: the first queued caller talks to Redis next."""
+        if self._queue:
+            nxt = self._queue[0]
+            self._leader = nxt
+            nxt.done.set()
+        else:
+            self._leader = None
+
+    async def _abandon(self, me: _Waiter) -> None:
+        """A queued caller was cancelled: leave no slot, no queue entry, no lost lead."""
+        if me.granted:
+            await self._release([me.member])
+        elif me.error is not None:
+            pass
+        elif self._leader is me:
+            self._queue.remove(me)
+            self._hand_over()
+        else:
+            # If its batch is in flight, the leader gives back the slot it may get.
+            me.cancelled = True
+            self._queue.remove(me)
+
+    async def _release(self, members: list[str]) -> None:
+        """Give back slots that were granted to callers who no longer want them."""
+        with (
+            anyio.CancelScope(shield=True),
+            anyio.move_on_after(1.0),
+            contextlib.suppress(RedisError, OSError),
+        ):
+            await self._client.zrem(self._window_key, *members)
+
+    def _fallback_active(self) -> bool:
+        return (
+            self.fallback is not None and self._down and time.monotonic() < self._down_until
+        )
+
+    async def _redis_failed(self, exc: BaseException, *, log: bool) -> None:
+        """Fail closed, or hand this acquisition to the fallback limiter."""
+        fallback = self.fallback
+        if fallback is None:
+            raise self._unavailable(exc) from None
+        if log and not self._down:
+            logger.warning(
+                "Redis at %s cannot be reached (%s); limiting in-process with %r "
+                "until it answers again",
+                self._where, self._reason(exc), fallback,
+            )
+        self._down = True
+        self._down_until = time.monotonic() + self.retry_interval
+        await fallback.acquire()
 
     async def pause(self, seconds: float) -> None:
         """Hold every process sharing the key for ``seconds`` (a 429's ``Retry-After``).
@@ -319,45 +470,6 @@ class RedisRateLimit:
         if left > 0:
             await anyio.sleep(left)
 
-    async def _try_take(self) -> float:
-        """One round trip: 0 when a slot was taken, else seconds until one may free."""
-        fallback = self.fallback
-        if fallback is not None and self._down and time.monotonic() < self._down_until:
-            await fallback.acquire()
-            return 0.0
-        member = f"{self._member_prefix}:{next(self._counter)}"
-        try:
-            wait_us = await self._acquire_script(
-                keys=[self._window_key, self._pause_key],
-                args=[self.requests, self._period_us, member],
-            )
-        except anyio.get_cancelled_exc_class():
-            # The script may have run before the cancellation landed: give the slot back.
-            with (
-                anyio.CancelScope(shield=True),
-                anyio.move_on_after(1.0),
-                contextlib.suppress(RedisError, OSError),
-            ):
-                await self._client.zrem(self._window_key, member)
-            raise
-        except (RedisError, OSError) as exc:
-            if fallback is None:
-                raise self._unavailable(exc) from None
-            if not self._down:
-                logger.warning(
-                    "Redis at %s cannot be reached (%s); limiting in-process with %r "
-                    "until it answers again",
-                    self._where, self._reason(exc), fallback,
-                )
-            self._down = True
-            self._down_until = time.monotonic() + self.retry_interval
-            await fallback.acquire()
-            return 0.0
-        if self._down:
-            self._down = False
-            logger.warning("Redis at %s answers again; the shared limit is back", self._where)
-        return int(cast(int, wait_us)) / 1_000_000
-
     def _reason(self, exc: BaseException) -> str:
         text = f"{type(exc).__name__}: {exc}"
         if len(text) > 300:
@@ -372,6 +484,21 @@ class RedisRateLimit:
             host=host,
             port=port,
         )
+
+
+class _Waiter:
+    """One caller of :meth:`RedisRateLimit.acquire` waiting in its object's queue."""
+
+    __slots__ = ("cancelled", "done", "error", "granted", "member")
+
+    def __init__(self) -> None:
+        # Set when the slot is granted, when Redis failed, or when it is this caller's
+        # turn to talk to Redis for the queue.
+        self.done = anyio.Event()
+        self.granted = False
+        self.cancelled = False
+        self.error: BaseException | None = None
+        self.member = ""
 
 
 def _as_text(value: object) -> str | None:

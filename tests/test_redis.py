@@ -295,6 +295,30 @@ async def test_cancelled_acquire_never_keeps_a_slot(
 
 
 @pytest.mark.anyio
+async def test_cancelled_callers_sharing_a_round_trip_keep_no_slot(
+    rclient: aioredis.Redis, key: str
+) -> None:
+    limit = RedisRateLimit(rclient, requests=1000, period=60.0, key=key)
+    taken = 0
+
+    async def one(deadline: float) -> None:
+        nonlocal taken
+        with anyio.move_on_after(deadline):
+            await limit.acquire()
+            taken += 1
+
+    for _ in range(5):
+        # Many callers at once share round trips; some are cancelled while theirs flies.
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(one, (i % 8) * 0.0001)
+    assert 0 < taken < 200
+    assert await rclient.zcard(f"cfwf:{{{key}}}:window") == taken
+    with anyio.fail_after(5):
+        await limit.acquire()  # and the queue still moves
+
+
+@pytest.mark.anyio
 async def test_cancelled_waiter_lets_the_next_one_through(
     rclient: aioredis.Redis, key: str
 ) -> None:
