@@ -254,6 +254,10 @@ class RateLimitInfo(msgspec.Struct, frozen=True, gc=False):
 
 
 _PARAM_RE: Final = re.compile(r";\s*([A-Za-z][A-Za-z0-9_*-]*)\s*=\s*([^;,\s]+)")
+# The exact forms Cloudflare sends (a first list item ending the header or followed by
+# another item); integer digits are always finite and non-negative.
+_RATELIMIT_EXACT: Final = re.compile(r'"[^",;]*";r=(\d+);t=(\d+)\s*(?:,|$)')
+_POLICY_EXACT: Final = re.compile(r'"[^",;]*";q=(\d+);w=(\d+)\s*(?:,|$)')
 
 
 def _sf_params(value: str) -> dict[str, str]:
@@ -284,11 +288,19 @@ def parse_ratelimit(
         return None
     r = t = q = w = None
     if ratelimit:
-        params = _sf_params(ratelimit)
-        r, t = _num(params.get("r")), _num(params.get("t"))
+        # Every answer carries these headers, so Cloudflare's exact shape takes one
+        # regex match; anything else goes through the tolerant parser.
+        if (m := _RATELIMIT_EXACT.match(ratelimit)) is not None:
+            r, t = float(m[1]), float(m[2])
+        else:
+            params = _sf_params(ratelimit)
+            r, t = _num(params.get("r")), _num(params.get("t"))
     if policy:
-        params = _sf_params(policy)
-        q, w = _num(params.get("q")), _num(params.get("w"))
+        if (m := _POLICY_EXACT.match(policy)) is not None:
+            q, w = float(m[1]), float(m[2])
+        else:
+            params = _sf_params(policy)
+            q, w = _num(params.get("q")), _num(params.get("w"))
     if r is None and t is None and q is None and w is None:
         return None
     return RateLimitInfo(
