@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -209,21 +210,34 @@ async def sized_calls(
     client: Client, instance_id: str, concurrency: int, seconds: float
 ) -> int:
     """Warm the client up and size a round so that it lasts about ``seconds``."""
-    rate = await burst(client, instance_id, max(concurrency, 8), concurrency)
-    rate = await burst(client, instance_id, max(concurrency, int(rate * seconds / 4)), concurrency)
+    first = max(concurrency, 8)
+    rate = await burst(client, instance_id, first, concurrency)
+    if first / rate < seconds:
+        rate = await burst(
+            client, instance_id, max(concurrency, int(rate * seconds / 4)), concurrency
+        )
     return max(concurrency, int(rate * seconds))
 
 
 async def throughput(
-    clients: list[Client], instance_id: str, concurrency: int, rounds: int, seconds: float
+    clients: list[Client], instance_id: str, concurrency: int, rounds: int, seconds: float,
+    cpu: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
-    """Interleaved rounds of calls/s per client."""
+    """Interleaved rounds of calls/s per client (and, into ``cpu``, CPU µs per call).
+
+    CPU time is this process's only (the server runs in its own), so it shows what a
+    client costs even when other programs share the machine and blur the wall clock.
+    """
     sizes = {c.label: await sized_calls(c, instance_id, concurrency, seconds) for c in clients}
     results: dict[str, list[float]] = {c.label: [] for c in clients}
     for _ in range(rounds):
         for c in clients:
             gc.collect()
+            started = time.process_time()
             results[c.label].append(await burst(c, instance_id, sizes[c.label], concurrency))
+            if cpu is not None:
+                used = time.process_time() - started
+                cpu.setdefault(c.label, []).append(used / sizes[c.label] * 1e6)
     return results
 
 
@@ -373,7 +387,7 @@ async def _stream_ours(base_url: str, size: int) -> int:
         return n
 
 
-async def _stream_bare(base_url: str, size: int) -> int:
+async def _stream_bare(base_url: str, size: int, chunk_size: int | None = None) -> int:
     url = (
         f"{base_url}/accounts/{ACCOUNT}/workflows/{WORKFLOW}/instances/stream-{size}"
         "/step?name=export-1&type=step"
@@ -383,7 +397,11 @@ async def _stream_bare(base_url: str, size: int) -> int:
         session.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as resp,
     ):
         n = 0
-        async for chunk in resp.content.iter_any():
+        chunks = (
+            resp.content.iter_any() if chunk_size is None
+            else resp.content.iter_chunked(chunk_size)
+        )
+        async for chunk in chunks:
             n += len(chunk)
         return n
 
@@ -402,9 +420,24 @@ async def _stream_official(base_url: str, size: int) -> str:
     return "no error"
 
 
+STREAM_KINDS: dict[str, Callable[[str, int], Any]] = {
+    "ours": _stream_ours,
+    "bare": _stream_bare,
+    "bare 64 KiB": functools.partial(_stream_bare, chunk_size=64 << 10),
+    "bare 1 MiB": functools.partial(_stream_bare, chunk_size=1 << 20),
+    "official": _stream_official,
+}
+STREAM_LABELS = {
+    "ours": "cfwf_async StepStream",
+    "bare": "bare aiohttp iter_any()",
+    "bare 64 KiB": "bare aiohttp iter_chunked(64 KiB)",
+    "bare 1 MiB": "bare aiohttp iter_chunked(1 MiB)",
+}
+
+
 def stream_worker(kind: str, base_url: str, size: int) -> None:
     """Child-process side of the streaming benchmark: prints one JSON line."""
-    fn = {"ours": _stream_ours, "bare": _stream_bare, "official": _stream_official}[kind]
+    fn = STREAM_KINDS[kind]
     asyncio.run(fn(base_url, 1 << 20))  # warm up imports, buffers and the loop
     gc.collect()
     base = _rss()
@@ -441,7 +474,7 @@ def run_stream_worker(kind: str, base_url: str, size: int) -> dict[str, Any]:
 
 
 def stream_bench(base_url: str, size: int, rounds: int) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {"ours": [], "bare": []}
+    out: dict[str, list[dict[str, Any]]] = {kind: [] for kind in STREAM_LABELS}
     for _ in range(rounds):
         for kind in out:
             res = run_stream_worker(kind, base_url, size)
@@ -514,14 +547,21 @@ async def network_benches(args: argparse.Namespace, base_url: str, report: Repor
     if "throughput" in args.only:
         conc = 64
         report.add(f"### 1. get_instance throughput, concurrency {conc} (calls/s)", "")
-        rows = []
+        rows, cpu_rows = [], []
         for steps in args.steps:
             clients = make_clients(base_url, limiter=True, official=official)
+            cpu: dict[str, list[float]] = {}
             try:
-                res = await throughput(clients, steps_id(steps), conc, args.rounds, args.seconds)
+                res = await throughput(
+                    clients, steps_id(steps), conc, args.rounds, args.seconds, cpu
+                )
             finally:
                 for c in clients:
                     await c.close()
+            cpu_med = {k: median(v) for k, v in cpu.items()}
+            cpu_rows.append([f"{steps:,}", *(fmt(v, 1) for v in cpu_med.values()),
+                             ratio(cpu_med["bare aiohttp"], cpu_med["cfwf_async"])])
+            cpu_header = ["steps", *cpu_med, "bare / ours"]
             med = {k: median(v) for k, v in res.items()}
             ours, bare = med["cfwf_async"], med["bare aiohttp"]
             rows.append([
@@ -538,6 +578,8 @@ async def network_benches(args: argparse.Namespace, base_url: str, report: Repor
              "ours / bare", "ours / official"],
             rows,
         )
+        report.add("Client CPU time per call, same rounds (µs; lower is better):", "")
+        report.table(cpu_header, cpu_rows)
 
     if "latency" in args.only:
         steps = args.steps[0]
@@ -603,11 +645,10 @@ def stream_report(args: argparse.Namespace, base_url: str, report: Report) -> No
     speed = {k: median([mib / r["seconds"] for r in v]) for k, v in res.items()}
     growth = {k: max(r["rss_growth"] for r in v) / 2**20 for k, v in res.items()}
     report.table(
-        ["client", "MiB/s (median)", "vs bare", "peak RSS growth (MiB, worst round)"],
+        ["client", "MiB/s (median)", "vs bare iter_any()", "peak RSS growth (MiB, worst round)"],
         [
-            ["cfwf_async StepStream", fmt(speed["ours"]), ratio(speed["ours"], speed["bare"]),
-             fmt(growth["ours"], 1)],
-            ["bare aiohttp iter_any", fmt(speed["bare"]), "1.00x", fmt(growth["bare"], 1)],
+            [label, fmt(speed[kind]), ratio(speed[kind], speed["bare"]), fmt(growth[kind], 1)]
+            for kind, label in STREAM_LABELS.items()
         ],
     )
     if HAVE_OFFICIAL and not args.no_official:
