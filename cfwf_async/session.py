@@ -590,12 +590,14 @@ class WorkflowsSession:
                 cut_short=cut_short,
             )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            self._log_failure(path, attempt, started, exc)
+            if resp is None:  # an attempt that got a status was logged with it
+                self._log_failure(path, attempt, started, exc)
             raise errors.APITimeoutError(
                 f"GET {path} timed out after {self.timeout:g} s (attempt {attempt})"
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            self._log_failure(path, attempt, started, exc)
+            if resp is None:  # an attempt that got a status was logged with it
+                self._log_failure(path, attempt, started, exc)
             # A ClientResponseError carries the request's headers, credentials included:
             # keep it out of the exception chain.
             cause = None if isinstance(exc, aiohttp.ClientResponseError) else exc

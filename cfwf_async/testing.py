@@ -249,7 +249,8 @@ class Fault:
         """Announce the full ``Content-Length``, send the first ``keep`` share, hang up.
 
         Applies to the real answer (a JSON body or a streamed output); with ``status``
-        the answer is that status's error envelope instead, cut the same way.
+        the answer is that status's error envelope instead, cut the same way. A body of
+        unknown size (chunked) breaks off after its first chunk.
         """
         if not 0.0 <= keep < 1.0:
             raise ValueError(f"keep must be in [0, 1), got {keep!r}")
@@ -261,7 +262,11 @@ class Fault:
 
     @classmethod
     def bad_chunking(cls, keep: float = 0.5) -> Fault:
-        """Send the real answer chunked, with a corrupt chunk header after ``keep`` of it."""
+        """Send the real answer chunked, with a corrupt chunk header after ``keep`` of it.
+
+        The corrupt header follows a 50 ms pause, so it reaches the client after the good
+        part (a body of unknown size breaks after its first chunk).
+        """
         if not 0.0 <= keep < 1.0:
             raise ValueError(f"keep must be in [0, 1), got {keep!r}")
         return cls("bad_chunking", "bad chunking", keep=keep)
@@ -704,6 +709,9 @@ class FakeWorkflowsAPI:
         if kind == "stall":
             await _wait_unless_gone(request, fault.seconds)
         elif kind == "bad_chunking" and transport is not None:
+            # A pause first, so the good part reaches the client on its own and the
+            # damage shows mid-body rather than together with the headers.
+            await asyncio.sleep(0.05)
             # Not a hex size: the client's chunk parser must refuse it.
             transport.write(b"zz-not-a-size\r\n")
         if transport is not None:
