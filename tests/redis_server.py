@@ -66,14 +66,16 @@ def _wait_ready(server: RedisServer, proc: subprocess.Popen[bytes], deadline: fl
 
 
 @contextmanager
-def running_redis(workdir: Path) -> Iterator[RedisServer]:
-    """Run ``redis-server`` until the block ends."""
+def running_redis(
+    workdir: Path, *, port: int | None = None, password: str | None = None
+) -> Iterator[RedisServer]:
+    """Run ``redis-server`` (on ``port`` if given, else a free one) until the block ends."""
     if REDIS_SERVER is None:
         raise RuntimeError("redis-server is not installed")
-    password = "pw-" + secrets.token_hex(12)
+    password = password or "pw-" + secrets.token_hex(12)
     last: Exception | None = None
     for _ in range(3):  # another process may grab the free port before the server binds it
-        server = RedisServer("127.0.0.1", free_port(), password)
+        server = RedisServer("127.0.0.1", port or free_port(), password)
         log = (workdir / f"redis-{server.port}.log").open("wb")
         proc = subprocess.Popen(
             [

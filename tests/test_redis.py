@@ -439,6 +439,31 @@ async def test_fallback_limits_in_process_while_redis_is_away(
     assert password not in caplog.text
 
 
+@pytest.mark.anyio
+async def test_back_to_the_shared_window_when_redis_returns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    password = "returning-secret-pw"
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
+    async with RedisRateLimit.from_url(
+        url, requests=100, period=60.0, key="acct", fallback=RateLimit(100, 60.0),
+        retry_interval=0.05,
+    ) as limit:
+        await limit.acquire()  # nobody listens yet: the fallback let it through
+        assert "cannot be reached" in caplog.text
+        with running_redis(tmp_path, port=port, password=password):
+            await anyio.sleep(0.1)  # past retry_interval, so Redis is asked again
+            await limit.acquire()
+            check = aioredis.from_url(url)
+            try:
+                assert await check.zcard("cfwf:{acct}:window") == 1
+            finally:
+                await check.aclose()
+    assert "answers again" in caplog.text
+    assert password not in caplog.text
+
+
 # -- arguments and ownership ------------------------------------------------------
 
 
