@@ -319,6 +319,31 @@ async def test_cancelled_callers_sharing_a_round_trip_keep_no_slot(
 
 
 @pytest.mark.anyio
+async def test_a_crowd_larger_than_one_round_trip_carries(
+    rclient: aioredis.Redis, key: str
+) -> None:
+    limit = RedisRateLimit(rclient, requests=550, period=60.0, key=key)
+    done = 0
+    all_granted = anyio.Event()
+
+    async def one() -> None:
+        nonlocal done
+        await limit.acquire()
+        done += 1
+        if done == 550:
+            all_granted.set()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for _ in range(600):  # more than one script call carries (256)
+                tg.start_soon(one)
+            await all_granted.wait()
+            tg.cancel_scope.cancel()  # the other 50 wait for the window: stop them
+    assert done == 550
+    assert await rclient.zcard(f"cfwf:{{{key}}}:window") == 550
+
+
+@pytest.mark.anyio
 async def test_cancelled_waiter_lets_the_next_one_through(
     rclient: aioredis.Redis, key: str
 ) -> None:
