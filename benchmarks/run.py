@@ -34,6 +34,7 @@ import gc
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -244,22 +245,36 @@ async def throughput(
 async def latencies(
     clients: list[Client], instance_id: str, rounds: int, seconds: float
 ) -> dict[str, list[tuple[float, float]]]:
-    """Interleaved rounds of (p50, p99) in microseconds at concurrency 1."""
-    sizes = {c.label: await sized_calls(c, instance_id, 1, seconds) for c in clients}
+    """Rounds of (p50, p99) in microseconds at concurrency 1.
+
+    Calls alternate client by client, in a fresh random order each time: on a shared
+    machine the wall clock of a single call wanders between modes (the other core busy
+    or idle), and alternating call by call puts every client in the same conditions.
+    """
+    per_call = 0.0
+    for c in clients:
+        per_call += 1 / await burst(c, instance_id, 50, 1)
+    calls = max(50, int(seconds / per_call))
+    rng = random.Random(5)
     results: dict[str, list[tuple[float, float]]] = {c.label: [] for c in clients}
     clock = time.perf_counter_ns
     for _ in range(rounds):
-        for c in clients:
-            gc.collect()
-            samples = []
-            for _ in range(sizes[c.label]):
+        gc.collect()
+        samples: dict[str, list[int]] = {c.label: [] for c in clients}
+        order = list(clients)
+        for _ in range(calls):
+            # A fresh order each time: a call right after a slow client's call runs in
+            # a colder cache, and no client should always be the one that follows it.
+            rng.shuffle(order)
+            for c in order:
                 t0 = clock()
                 await c.get(instance_id)
-                samples.append(clock() - t0)
-            samples.sort()
-            p50 = samples[len(samples) // 2] / 1000
-            p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))] / 1000
-            results[c.label].append((p50, p99))
+                samples[c.label].append(clock() - t0)
+        for label, got in samples.items():
+            got.sort()
+            p50 = got[len(got) // 2] / 1000
+            p99 = got[min(len(got) - 1, int(len(got) * 0.99))] / 1000
+            results[label].append((p50, p99))
     return results
 
 
