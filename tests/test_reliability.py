@@ -198,6 +198,11 @@ async def test_retry_budget_bounds_requests_when_everything_fails() -> None:
             await session.get_instance(WF, "i")
         assert len(api.requests) == before + 1
 
+    print(
+        f"\nbudget: {calls} calls against an API failing every request, max_retries=5, "
+        f"RetryBudget({capacity}, retry_cost={cost}): {len(api.requests) - 1} requests "
+        f"(bound {calls + capacity // cost}, unbudgeted {calls * 6})"
+    )
     # Every call failed with the server's own error, the last one it saw.
     assert len(outcomes) == calls
     assert all(type(e) is InternalServerError and e.status_code == 503 for e in outcomes)
@@ -226,6 +231,7 @@ async def test_without_a_budget_retries_multiply_the_load() -> None:
                 with pytest.raises(RateLimitError):
                     await s.get_instance(WF, "i")
         bounded = len(api.requests)
+    print(f"\nno budget: {calls} calls, {unbounded} requests; RetryBudget(50): {bounded}")
     assert unbounded == calls * 6
     assert bounded <= calls + 50 // 5
 
