@@ -203,9 +203,12 @@ class WorkflowsSession:
             raise RuntimeError("this WorkflowsSession is closed")
         http = self._http
         if http is None:
+            # Our own session carries our headers, so a request does not merge a dict
+            # into the defaults every time (see _attempt).
             http = self._http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
                 auto_decompress=True,
+                headers=self._headers,
             )
         return http
 
@@ -546,7 +549,7 @@ class WorkflowsSession:
         try:
             resp = await http.get(
                 url,
-                headers=self._headers,
+                headers=None if self._owns_http else self._headers,
                 timeout=self._stream_timeout if stream else self._json_timeout,
                 allow_redirects=False,
             )
