@@ -501,16 +501,14 @@ def status_error(
     elif not detail:
         detail = "HTML or empty body" if body else "empty body"
     message = f"{method} {path} returned {status}: {detail}"
-    if status == 429:
-        if retry_after is not None:
-            message += f"; retry after {retry_after:g} s"
-        return errors.RateLimitError(
-            message, status_code=status, errors=items, cf_ray=cf_ray, retry_after=retry_after
-        )
+    if retry_after is not None:
+        message += f"; retry after {retry_after:g} s"
     cls = _STATUS_ERRORS.get(status)
     if cls is None:
         cls = errors.InternalServerError if status >= 500 else errors.APIStatusError
-    return cls(message, status_code=status, errors=items, cf_ray=cf_ray)
+    return cls(
+        message, status_code=status, errors=items, cf_ray=cf_ray, retry_after=retry_after
+    )
 
 
 # ---------------------------------------------------------------------------

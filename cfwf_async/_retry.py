@@ -51,7 +51,8 @@ class RetryPolicy:
         """Seconds to wait before retry number ``retry`` (1-based), or None to give up."""
         if retry > self.max_retries or not is_retryable(exc):
             return None
-        if isinstance(exc, errors.RateLimitError) and exc.retry_after is not None:
+        if isinstance(exc, errors.APIStatusError) and exc.retry_after is not None:
+            # The server said when to come back (a 429, or a 503 during maintenance).
             if exc.retry_after > self.retry_after_cap:
                 return None
             return exc.retry_after

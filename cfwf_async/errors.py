@@ -141,8 +141,9 @@ class APIStatusError(WorkflowsError):
     """Cloudflare answered with a non-2xx status.
 
     ``status_code`` is the HTTP status, ``errors`` the envelope's error items (each with
-    ``.code`` and ``.message``; empty for an HTML or empty body) and ``cf_ray`` the
-    request id.
+    ``.code`` and ``.message``; empty for an HTML or empty body), ``cf_ray`` the
+    request id, and ``retry_after`` the answer's ``Retry-After`` in seconds (None when
+    it sent none; a 503 may carry one as well as a 429).
     """
 
     status_code: int
@@ -154,10 +155,12 @@ class APIStatusError(WorkflowsError):
         status_code: int,
         errors: Sequence[ErrorItem] = (),
         cf_ray: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message, cf_ray=cf_ray)
         self.status_code = status_code
         self.errors: tuple[ErrorItem, ...] = tuple(errors)
+        self.retry_after = retry_after
 
 
 class BadRequestError(APIStatusError):
@@ -196,8 +199,9 @@ class RateLimitError(APIStatusError):
         cf_ray: str | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message, status_code=status_code, errors=errors, cf_ray=cf_ray)
-        self.retry_after = retry_after
+        super().__init__(
+            message, status_code=status_code, errors=errors, cf_ray=cf_ray, retry_after=retry_after
+        )
 
 
 class InternalServerError(APIStatusError):

@@ -187,6 +187,16 @@ async def test_rate_limit_retry_after(api: FakeWorkflowsAPI, no_retry: Workflows
 
 
 @pytest.mark.anyio
+async def test_a_503_carries_its_retry_after(
+    api: FakeWorkflowsAPI, no_retry: WorkflowsSession
+) -> None:
+    api.fail_next(503, headers={"Retry-After": "5"})
+    with pytest.raises(InternalServerError) as info:
+        await no_retry.get_instance("wf", "i1")
+    assert info.value.retry_after == 5
+
+
+@pytest.mark.anyio
 async def test_rate_limit_without_retry_after(
     api: FakeWorkflowsAPI, no_retry: WorkflowsSession
 ) -> None:

@@ -82,3 +82,13 @@ def test_retry_after_is_honoured_up_to_the_cap() -> None:
     no_hint = policy.delay(1, errors.RateLimitError("r"), random.Random(0))
     assert no_hint is not None
     assert 0.0 <= no_hint <= policy.base_delay
+
+
+def test_retry_after_on_a_503_is_honoured_too() -> None:
+    policy = RetryPolicy(2, retry_after_cap=60.0)
+    maintenance = errors.InternalServerError("m", status_code=503, retry_after=7.0)
+    assert policy.delay(1, maintenance) == 7.0
+    too_long = errors.InternalServerError("m", status_code=503, retry_after=600.0)
+    assert policy.delay(1, too_long) is None
+    # A Retry-After never makes a non-retryable status retryable.
+    assert policy.delay(1, errors.NotFoundError("n", status_code=404, retry_after=1.0)) is None
