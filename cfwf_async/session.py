@@ -123,7 +123,9 @@ class WorkflowsSession:
         self._headers: Final[dict[str, str]] = {
             **proto.auth_headers(api_token=api_token, api_email=api_email, api_key=api_key),
             "User-Agent": f"cfwf_async/{_version()}",
-            "Accept": "application/json",
+            # The step endpoint answers raw bytes for streamed outputs: accept both, so a
+            # strict server never refuses a stream over content negotiation.
+            "Accept": "application/json, application/octet-stream",
         }
         self._auth_kind: Final = "token" if api_token else "global key"
 

@@ -89,6 +89,7 @@ async def test_get_instance_path_query_and_headers(
     }
     assert req.headers["Authorization"] == "Bearer test-token"
     assert req.headers["User-Agent"] == f"cfwf_async/{__version__}"
+    assert req.headers["Accept"] == "application/json, application/octet-stream"
     assert "X-Auth-Key" not in req.headers
     assert "X-Auth-Email" not in req.headers
 
