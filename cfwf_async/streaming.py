@@ -156,20 +156,35 @@ class StepStream:
         (aiohttp 3.14): a plain ``readany()`` would then wait forever.
         """
         content = self._response.content
-        waited = False
-        while True:
-            chunk = content.read_nowait()  # raises the body's error, if it has one
-            if chunk or content.at_eof():
-                return chunk
-            if waited:
-                connection = self._response.connection
-                if connection is None or connection.closed:
-                    raise aiohttp.ClientPayloadError(
+        chunk = content.read_nowait()  # raises the body's error, if it has one
+        if chunk or content.at_eof():
+            return chunk
+        # A plain timer callback rather than a cancel scope around the wait: a fast
+        # stream waits once per chunk (about 4,000 times per GiB), and a scope cost
+        # about 8 µs a time against about 1 µs for arming and cancelling a timer.
+        loop = asyncio.get_running_loop()
+        received = content.total_bytes
+        watchdog: asyncio.TimerHandle
+
+        def check() -> None:
+            nonlocal watchdog
+            connection = self._response.connection
+            if content.total_bytes != received or content.is_eof():
+                return  # the wait is over already; the reader wakes with the data
+            if connection is None or connection.closed:
+                content.set_exception(
+                    aiohttp.ClientPayloadError(
                         "the connection closed before the body was complete"
                     )
-            with anyio.move_on_after(_CLOSED_CHECK):
-                return await content.readany()
-            waited = True
+                )
+            else:
+                watchdog = loop.call_later(_CLOSED_CHECK, check)
+
+        watchdog = loop.call_later(_CLOSED_CHECK, check)
+        try:
+            return await content.readany()
+        finally:
+            watchdog.cancel()
 
     def _translate(self, exc: BaseException) -> BaseException:
         if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
