@@ -508,6 +508,7 @@ def stream_bench(base_url: str, size: int, rounds: int) -> dict[str, list[dict[s
 @dataclass
 class Report:
     lines: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)  # medians, for --json
 
     def add(self, *lines: str) -> None:
         for line in lines:
@@ -580,6 +581,8 @@ async def network_benches(args: argparse.Namespace, base_url: str, report: Repor
                              ratio(cpu_med["bare aiohttp"], cpu_med["cfwf_async"])])
             cpu_header = ["steps", *cpu_med, "bare / ours"]
             med = {k: median(v) for k, v in res.items()}
+            report.data.setdefault("throughput", {})[steps] = med
+            report.data.setdefault("cpu_us", {})[steps] = cpu_med
             ours, bare = med["cfwf_async"], med["bare aiohttp"]
             rows.append([
                 f"{steps:,}",
@@ -614,6 +617,7 @@ async def network_benches(args: argparse.Namespace, base_url: str, report: Repor
             p50, p99 = median([p[0] for p in samples]), median([p[1] for p in samples])
             rows.append([label, fmt(p50, 1), fmt(p99, 1), f"{p50 - bare50:+.1f}",
                          f"{p99 - bare99:+.1f}"])
+            report.data.setdefault("latency_us", {})[label] = {"p50": p50, "p99": p99}
         report.table(["client", "p50", "p99", "p50 - bare", "p99 - bare"], rows)
 
     if "scaling" in args.only:
@@ -633,6 +637,7 @@ async def network_benches(args: argparse.Namespace, base_url: str, report: Repor
                 for c in clients:
                     await c.close()
             scaling[conc] = {k: median(v) for k, v in res.items()}
+        report.data["scaling"] = scaling
         labels = list(next(iter(scaling.values())))
         rows = []
         for conc, med in scaling.items():
@@ -650,6 +655,10 @@ async def network_benches(args: argparse.Namespace, base_url: str, report: Repor
 def decode_report(args: argparse.Namespace, report: Report) -> None:
     report.add("### 4. Decode only, no network (µs per body; memory held by the result)", "")
     res = decode_bench(args.decode_steps, args.rounds, args.seconds)
+    report.data["decode"] = {
+        steps: {name: {"us": us, "held": held} for name, (us, held) in by_name.items()}
+        for steps, by_name in res.items()
+    }
     rows = []
     for steps, by_name in res.items():
         ours = by_name["cfwf_async"][0]
@@ -666,6 +675,7 @@ def stream_report(args: argparse.Namespace, base_url: str, report: Report) -> No
     mib = size / 2**20
     speed = {k: median([mib / r["seconds"] for r in v]) for k, v in res.items()}
     growth = {k: max(r["rss_growth"] for r in v) / 2**20 for k, v in res.items()}
+    report.data["stream"] = {"mib_s": speed, "rss_growth_mib": growth, "size": size}
     report.table(
         ["client", "MiB/s (median)", "vs bare iter_any()", "peak RSS growth (MiB, worst round)"],
         [
@@ -683,6 +693,7 @@ def stream_report(args: argparse.Namespace, base_url: str, report: Report) -> No
             f"`{r['result'][:160]}`.",
             "",
         )
+        report.data["stream"]["official"] = r
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -700,6 +711,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-official", action="store_true", help="skip the official SDK")
     p.add_argument("--png", default=os.path.join(HERE, "scaling.png"))
     p.add_argument("--markdown", default=None, help="also write the tables to this file")
+    p.add_argument("--json", default=None, help="also write the medians to this file")
     p.add_argument("--server-cpu", type=int, default=None, help="pin the server to a core")
     p.add_argument("--stream-worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--url", default=None, help=argparse.SUPPRESS)
@@ -723,7 +735,7 @@ def main(argv: list[str] | None = None) -> None:
         stream_worker(args.stream_worker, args.url, args.stream_size)
         return
     report = Report()
-    load = os.getloadavg()
+    load = load_start = os.getloadavg()
     report.add(
         f"cfwf_async {cfwf_async.__version__}, "
         + (f"cloudflare {cloudflare.__version__}, " if HAVE_OFFICIAL else "no official SDK, ")
@@ -745,6 +757,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write("\n".join(report.lines) + "\n")
+    if args.json:
+        report.data["load_start"], report.data["load_end"] = load_start, list(load)
+        with open(args.json, "w") as f:
+            json.dump(report.data, f, indent=1)
 
 
 if __name__ == "__main__":
