@@ -49,13 +49,16 @@ import msgspec
 import redis
 from aiohttp import web
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from cfwf_async import RateLimit, RateLimitInfo, WorkflowsSession
-from cfwf_async.redis import RedisRateLimit
-from cfwf_async.testing import make_instance
-
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
+
+from _spawn import server_process  # noqa: E402
+
+from cfwf_async import RateLimit, RateLimitInfo, WorkflowsSession  # noqa: E402
+from cfwf_async.redis import RedisRateLimit  # noqa: E402
+from cfwf_async.testing import make_instance  # noqa: E402
+
 CONCURRENCY = 64
 # Large enough that no call ever waits: we measure the asking, not the limiting.
 BIG = 10**7
@@ -64,49 +67,17 @@ BIG = 10**7
 @contextlib.contextmanager
 def answer_server() -> Iterator[str]:
     """benchmarks/server.py in its own process; yields its base URL."""
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "server.py"), "--until-stdin-closes"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        if not line.startswith("PORT "):
-            raise RuntimeError(f"answer server did not start: {line!r}")
-        yield f"http://127.0.0.1:{int(line.split()[1])}/client/v4"
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    cmd = [sys.executable, os.path.join(HERE, "server.py"), "--until-stdin-closes"]
+    with server_process(cmd, "answer server") as base_url:
+        yield base_url
 
 
 @contextlib.contextmanager
 def delayed_server(delay: float) -> Iterator[str]:
     """This script in ``--serve`` mode, its own process; yields its base URL."""
-    proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--serve", str(delay)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        if not line.startswith("PORT "):
-            raise RuntimeError(f"delayed server did not start: {line!r}")
-        yield f"http://127.0.0.1:{int(line.split()[1])}/client/v4"
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    cmd = [sys.executable, os.path.abspath(__file__), "--serve", str(delay)]
+    with server_process(cmd, "delayed server") as base_url:
+        yield base_url
 
 
 async def serve_delayed(delay: float) -> None:

@@ -56,6 +56,9 @@ from cfwf_async import RateLimit, WorkflowsSession  # noqa: E402
 from cfwf_async import _protocol as proto  # noqa: E402
 from cfwf_async.streaming import StepStream  # noqa: E402
 
+sys.path.insert(0, HERE)
+from _spawn import server_process  # noqa: E402
+
 TOKEN = "bench-token"
 ACCOUNT = "bench-account"
 WORKFLOW = "bench"
@@ -167,21 +170,8 @@ def run_server(cpu: int | None) -> Iterator[str]:
     cmd = [sys.executable, os.path.join(HERE, "server.py"), "--until-stdin-closes"]
     if cpu is not None:
         cmd += ["--cpu", str(cpu)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        if not line.startswith("PORT "):
-            raise RuntimeError(f"benchmark server did not start: {line!r}")
-        yield f"http://127.0.0.1:{int(line.split()[1])}/client/v4"
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with server_process(cmd, "benchmark server") as base_url:
+        yield base_url
 
 
 # ---------------------------------------------------------------------------
