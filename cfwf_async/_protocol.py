@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Container, Mapping
 from datetime import UTC, datetime
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar, overload
 from urllib.parse import quote, urlsplit
 
 import msgspec
@@ -81,6 +81,10 @@ def check_positive_int(name: str, value: object) -> int:
     return value
 
 
+@overload
+def check_timeout(name: str, value: object, *, allow_none: Literal[False] = False) -> float: ...
+@overload
+def check_timeout(name: str, value: object, *, allow_none: bool) -> float | None: ...
 def check_timeout(name: str, value: object, *, allow_none: bool = False) -> float | None:
     """Return a positive finite number of seconds (or None when allowed)."""
     if value is None and allow_none:

@@ -141,10 +141,10 @@ class WorkflowsSession:
             base_url, allow_insecure_http=allow_insecure_http
         )
 
-        self.timeout: Final[float] = proto.check_timeout("timeout", timeout) or 60.0
+        self.timeout: Final[float] = proto.check_timeout("timeout", timeout)
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
-        cap = proto.check_timeout("retry_after_cap", retry_after_cap) or 60.0
+        cap = proto.check_timeout("retry_after_cap", retry_after_cap)
         self._policy: Final = RetryPolicy(max_retries, retry_after_cap=cap)
         self._budget: RetryBudget | None = (
             RetryBudget() if isinstance(retry_budget, _Default) else retry_budget
@@ -357,8 +357,8 @@ class WorkflowsSession:
         proto.check_workflow_name(workflow_name)
         proto.check_instance_id(instance_id)
         deadline = proto.check_timeout("timeout", timeout, allow_none=True)
-        interval = proto.check_timeout("poll_interval", poll_interval) or 1.0
-        ceiling = max(interval, proto.check_timeout("max_poll_interval", max_poll_interval) or 0)
+        interval = proto.check_timeout("poll_interval", poll_interval)
+        ceiling = max(interval, proto.check_timeout("max_poll_interval", max_poll_interval))
         status = "unknown"
         with anyio.move_on_after(deadline):
             while True:
