@@ -74,6 +74,33 @@ async def test_stream_chunks_match_the_body(
 
 
 @pytest.mark.anyio
+async def test_stream_reads_128_kib_at_a_time_then_restores_the_connection(
+    fake_api: FakeWorkflowsAPI, session: WorkflowsSession
+) -> None:
+    # asyncio's default 256 KiB recv() can make every read fault on fresh pages; a
+    # stream asks for 128 KiB while it reads, and the pooled connection goes back with
+    # the default so JSON calls on it are untouched.
+    fake_api.add_step_output("wf", "run-1", "blob-1", StreamBody.repeat(4 * MiB, chunk_size=MiB))
+    out = await stream_of(session)
+    connection = out._response.connection
+    assert connection is not None
+    assert connection.transport is not None
+    transport = connection.transport
+    default = type(transport).max_size  # type: ignore[attr-defined]
+    assert default == 256 * 1024
+    seen = set()
+    async with out:
+        async for chunk in out:
+            seen.add(transport.max_size)  # type: ignore[attr-defined]
+            assert len(chunk) <= 2 * 256 * 1024
+    assert seen == {128 * 1024}
+    assert out.closed
+    assert out.bytes_read == 4 * MiB
+    assert "max_size" not in vars(transport)
+    assert transport.max_size == default  # type: ignore[attr-defined]
+
+
+@pytest.mark.anyio
 async def test_json_output_is_not_a_stream(
     fake_api: FakeWorkflowsAPI, session: WorkflowsSession
 ) -> None:
