@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -392,7 +393,9 @@ async def _stream_ours(base_url: str, size: int) -> int:
         return n
 
 
-async def _stream_bare(base_url: str, size: int, chunk_size: int | None = None) -> int:
+async def _stream_bare(
+    base_url: str, size: int, chunk_size: int | None = None, recv_size: int | None = None
+) -> int:
     url = (
         f"{base_url}/accounts/{ACCOUNT}/workflows/{WORKFLOW}/instances/stream-{size}"
         "/step?name=export-1&type=step"
@@ -401,6 +404,10 @@ async def _stream_bare(base_url: str, size: int, chunk_size: int | None = None) 
         aiohttp.ClientSession() as session,
         session.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as resp,
     ):
+        if recv_size is not None:
+            # What StepStream does on a plain-HTTP connection (see streaming.py).
+            assert resp.connection is not None
+            resp.connection.transport.max_size = recv_size  # type: ignore[union-attr]
         n = 0
         chunks = (
             resp.content.iter_any() if chunk_size is None
@@ -429,14 +436,14 @@ STREAM_KINDS: dict[str, Callable[[str, int], Any]] = {
     "ours": _stream_ours,
     "bare": _stream_bare,
     "bare 64 KiB": functools.partial(_stream_bare, chunk_size=64 << 10),
-    "bare 1 MiB": functools.partial(_stream_bare, chunk_size=1 << 20),
+    "bare 128 KiB recv": functools.partial(_stream_bare, recv_size=128 << 10),
     "official": _stream_official,
 }
 STREAM_LABELS = {
     "ours": "cfwf_async StepStream",
     "bare": "bare aiohttp iter_any()",
     "bare 64 KiB": "bare aiohttp iter_chunked(64 KiB)",
-    "bare 1 MiB": "bare aiohttp iter_chunked(1 MiB)",
+    "bare 128 KiB recv": "bare aiohttp iter_any(), 128 KiB recv()",
 }
 
 
@@ -456,18 +463,22 @@ def stream_worker(kind: str, base_url: str, size: int) -> None:
                 await asyncio.sleep(0.005)
 
         sampler = asyncio.create_task(sample())
-        t0 = time.perf_counter()
+        faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        cpu0, t0 = time.process_time(), time.perf_counter()
         try:
             result = await fn(base_url, size)
         finally:
             sampler.cancel()
+        usage["cpu"] = time.process_time() - cpu0
+        usage["faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
         return result, time.perf_counter() - t0
 
+    usage: dict[str, float] = {}
     result, took = asyncio.run(main())
     peak = _peak_rss() if exact_peak else max(sampled)
     print(json.dumps({
         "kind": kind, "result": result, "seconds": took, "size": size,
-        "rss_growth": max(0, peak - base), "exact_peak": exact_peak,
+        "rss_growth": max(0, peak - base), "exact_peak": exact_peak, **usage,
     }))
 
 
@@ -665,11 +676,19 @@ def stream_report(args: argparse.Namespace, base_url: str, report: Report) -> No
     mib = size / 2**20
     speed = {k: median([mib / r["seconds"] for r in v]) for k, v in res.items()}
     growth = {k: max(r["rss_growth"] for r in v) / 2**20 for k, v in res.items()}
-    report.data["stream"] = {"mib_s": speed, "rss_growth_mib": growth, "size": size}
+    gib = size / 2**30
+    cpu = {k: median([r["cpu"] * 1000 / gib for r in v]) for k, v in res.items()}
+    faults = {k: median([r["faults"] / gib for r in v]) for k, v in res.items()}
+    report.data["stream"] = {
+        "mib_s": speed, "rss_growth_mib": growth, "size": size,
+        "cpu_ms_per_gib": cpu, "faults_per_gib": faults,
+    }
     report.table(
-        ["client", "MiB/s (median)", "vs bare iter_any()", "peak RSS growth (MiB, worst round)"],
+        ["client", "MiB/s (median)", "vs bare iter_any()", "client CPU ms / GiB",
+         "page faults / GiB", "peak RSS growth (MiB, worst round)"],
         [
-            [label, fmt(speed[kind]), ratio(speed[kind], speed["bare"]), fmt(growth[kind], 1)]
+            [label, fmt(speed[kind]), ratio(speed[kind], speed["bare"]), fmt(cpu[kind]),
+             fmt(faults[kind]), fmt(growth[kind], 1)]
             for kind, label in STREAM_LABELS.items()
         ],
     )
