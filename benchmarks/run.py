@@ -291,7 +291,8 @@ def decoders() -> dict[str, Callable[[bytes], Any]]:
         def official(body: bytes) -> Any:
             # What the SDK does with a 2xx body: httpx's response.json() (json.loads),
             # construct_type into ResultWrapper[InstanceGetResponse], then unwrap.
-            return wrapper._unwrapper(construct_type(type_=wrapper, value=json.loads(body)))
+            built = construct_type(type_=wrapper, value=json.loads(body))
+            return wrapper._unwrapper(built)  # type: ignore[arg-type]
 
         found["official"] = official
     found["json.loads"] = json.loads
@@ -607,14 +608,14 @@ async def network_benches(args: argparse.Namespace, base_url: str, report: Repor
         report.add(f"### 2. Latency at concurrency 1, {steps}-step instance (µs per call)", "")
         clients = make_clients(base_url, limiter=True, official=official)
         try:
-            res = await latencies(clients, steps_id(steps), args.rounds, args.seconds)
+            lat = await latencies(clients, steps_id(steps), args.rounds, args.seconds)
         finally:
             for c in clients:
                 await c.close()
-        bare50 = median([p[0] for p in res["bare aiohttp"]])
-        bare99 = median([p[1] for p in res["bare aiohttp"]])
+        bare50 = median([p[0] for p in lat["bare aiohttp"]])
+        bare99 = median([p[1] for p in lat["bare aiohttp"]])
         rows = []
-        for label, samples in res.items():
+        for label, samples in lat.items():
             p50, p99 = median([p[0] for p in samples]), median([p[1] for p in samples])
             rows.append([label, fmt(p50, 1), fmt(p99, 1), f"{p50 - bare50:+.1f}",
                          f"{p99 - bare99:+.1f}"])
