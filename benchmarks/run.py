@@ -39,6 +39,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -166,13 +167,33 @@ def make_clients(base_url: str, *, limiter: bool, official: bool) -> list[Client
 
 
 @contextlib.contextmanager
-def run_server(cpu: int | None) -> Iterator[str]:
+def run_server(cpu: int | None, tls: tuple[str, str] | None = None) -> Iterator[str]:
     """Start benchmarks/server.py in its own process; yield its base URL."""
     cmd = [sys.executable, os.path.join(HERE, "server.py"), "--until-stdin-closes"]
     if cpu is not None:
         cmd += ["--cpu", str(cpu)]
+    if tls is not None:
+        cmd += ["--tls", *tls]
     with server_process(cmd, "benchmark server") as base_url:
-        yield base_url
+        yield base_url if tls is None else base_url.replace("http://", "https://", 1)
+
+
+@contextlib.contextmanager
+def self_signed_cert() -> Iterator[tuple[str, str] | None]:
+    """A throwaway certificate for 127.0.0.1 made with the openssl CLI (None without it)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        try:
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                 "-keyout", key, "-out", cert, "-subj", "/CN=127.0.0.1",
+                 "-addext", "subjectAltName=IP:127.0.0.1"],
+                check=True, capture_output=True, timeout=60,
+            )
+        except (OSError, subprocess.SubprocessError):
+            yield None
+        else:
+            yield cert, key
 
 
 # ---------------------------------------------------------------------------
@@ -483,20 +504,27 @@ def stream_worker(kind: str, base_url: str, size: int) -> None:
     }))
 
 
-def run_stream_worker(kind: str, base_url: str, size: int) -> dict[str, Any]:
+def run_stream_worker(
+    kind: str, base_url: str, size: int, cafile: str | None = None
+) -> dict[str, Any]:
     cmd = [sys.executable, os.path.abspath(__file__), "--stream-worker", kind,
            "--url", base_url, "--stream-size", str(size)]
-    done = subprocess.run(cmd, capture_output=True, check=True, timeout=600)
+    # Over TLS every client trusts the throwaway certificate through the standard
+    # SSL_CERT_FILE variable, so none of them needs code of its own for it.
+    env = None if cafile is None else {**os.environ, "SSL_CERT_FILE": cafile}
+    done = subprocess.run(cmd, capture_output=True, check=True, timeout=600, env=env)
     return json.loads(done.stdout.decode().strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def stream_bench(base_url: str, size: int, rounds: int) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {kind: [] for kind in STREAM_LABELS}
+def stream_bench(
+    base_url: str, size: int, rounds: int, kinds: list[str], cafile: str | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     order, rng = list(out), random.Random(5)
     for _ in range(rounds):
         rng.shuffle(order)  # no client always runs right after the same other one
         for kind in order:
-            res = run_stream_worker(kind, base_url, size)
+            res = run_stream_worker(kind, base_url, size, cafile)
             if res["result"] != size:
                 raise RuntimeError(f"{kind} read {res['result']} of {size} bytes")
             out[kind].append(res)
@@ -670,29 +698,49 @@ def decode_report(args: argparse.Namespace, report: Report) -> None:
     report.table(["steps", "decoder", "µs / body", "time vs cfwf_async", "MiB held"], rows)
 
 
-def stream_report(args: argparse.Namespace, base_url: str, report: Report) -> None:
-    size = args.stream_size
-    report.add(f"### 5. Streaming a {size / 2**20:,.0f} MiB step output", "")
-    res = stream_bench(base_url, size, args.stream_rounds)
-    mib = size / 2**20
+def stream_table(
+    report: Report, res: dict[str, list[dict[str, Any]]], size: int
+) -> dict[str, Any]:
+    """One streaming table (medians; worst round for RSS); returns its numbers."""
+    mib, gib = size / 2**20, size / 2**30
     speed = {k: median([mib / r["seconds"] for r in v]) for k, v in res.items()}
     growth = {k: max(r["rss_growth"] for r in v) / 2**20 for k, v in res.items()}
-    gib = size / 2**30
     cpu = {k: median([r["cpu"] * 1000 / gib for r in v]) for k, v in res.items()}
     faults = {k: median([r["faults"] / gib for r in v]) for k, v in res.items()}
-    report.data["stream"] = {
-        "mib_s": speed, "rss_growth_mib": growth, "size": size,
-        "cpu_ms_per_gib": cpu, "faults_per_gib": faults,
-    }
     report.table(
         ["client", "MiB/s (median)", "vs bare iter_any()", "client CPU ms / GiB",
          "page faults / GiB", "peak RSS growth (MiB, worst round)"],
         [
-            [label, fmt(speed[kind]), ratio(speed[kind], speed["bare"]), fmt(cpu[kind]),
-             fmt(faults[kind]), fmt(growth[kind], 1)]
-            for kind, label in STREAM_LABELS.items()
+            [STREAM_LABELS[kind], fmt(speed[kind]), ratio(speed[kind], speed["bare"]),
+             fmt(cpu[kind]), fmt(faults[kind]), fmt(growth[kind], 1)]
+            for kind in res
         ],
     )
+    return {
+        "mib_s": speed, "rss_growth_mib": growth, "size": size,
+        "cpu_ms_per_gib": cpu, "faults_per_gib": faults,
+    }
+
+
+def stream_report(args: argparse.Namespace, base_url: str, report: Report) -> None:
+    size = args.stream_size
+    report.add(f"### 5. Streaming a {size / 2**20:,.0f} MiB step output", "")
+    res = stream_bench(base_url, size, args.stream_rounds, list(STREAM_LABELS))
+    report.data["stream"] = stream_table(report, res, size)
+    if not args.no_tls:
+        with self_signed_cert() as tls:
+            if tls is None:
+                report.add("Over TLS: skipped (no `openssl` command to make a certificate).", "")
+            else:
+                report.add(
+                    "The same over TLS (a self-signed certificate on the same kind of "
+                    "server), as Cloudflare's API is served:",
+                    "",
+                )
+                with run_server(args.server_cpu, tls) as tls_url:
+                    res = stream_bench(tls_url, size, args.stream_rounds, ["ours", "bare"],
+                                       cafile=tls[0])
+                report.data["stream_tls"] = stream_table(report, res, size)
     if HAVE_OFFICIAL and not args.no_official:
         small = min(size, args.official_stream_size)
         r = run_stream_worker("official", base_url, small)
@@ -717,6 +765,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stream-size", type=int, default=1 << 30)
     p.add_argument("--stream-rounds", type=int, default=5)
     p.add_argument("--official-stream-size", type=int, default=64 << 20)
+    p.add_argument("--no-tls", action="store_true", help="skip the streaming rows over TLS")
     p.add_argument("--only", default="throughput,latency,scaling,decode,stream")
     p.add_argument("--no-official", action="store_true", help="skip the official SDK")
     p.add_argument("--png", default=os.path.join(HERE, "scaling.png"))

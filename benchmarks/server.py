@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import os
 import re
+import ssl
 import sys
 from typing import Final
 
@@ -166,12 +167,22 @@ class _Connection(asyncio.Protocol):
             self.data_received(pending)
 
 
-async def serve(host: str, port: int, *, until_stdin_closes: bool = False) -> None:
+async def serve(
+    host: str,
+    port: int,
+    *,
+    until_stdin_closes: bool = False,
+    tls: tuple[str, str] | None = None,
+) -> None:
     answers = _Answers()
     block = b"\xa5" * STREAM_BLOCK
     loop = asyncio.get_running_loop()
+    context = None
+    if tls is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*tls)
     server = await loop.create_server(
-        lambda: _Connection(answers, block), host, port, backlog=1024
+        lambda: _Connection(answers, block), host, port, backlog=1024, ssl=context
     )
     bound = server.sockets[0].getsockname()[1]
     print(f"PORT {bound}", flush=True)
@@ -192,10 +203,19 @@ def main() -> None:
     parser.add_argument(
         "--until-stdin-closes", action="store_true", help="exit when stdin reaches EOF"
     )
+    parser.add_argument(
+        "--tls", nargs=2, metavar=("CERT", "KEY"), default=None,
+        help="serve HTTPS with this certificate chain and key (PEM files)",
+    )
     args = parser.parse_args()
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
-    asyncio.run(serve(args.host, args.port, until_stdin_closes=args.until_stdin_closes))
+    asyncio.run(
+        serve(
+            args.host, args.port, until_stdin_closes=args.until_stdin_closes,
+            tls=None if args.tls is None else (args.tls[0], args.tls[1]),
+        )
+    )
 
 
 if __name__ == "__main__":
