@@ -763,7 +763,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decode-steps", default="1000,10000")
     p.add_argument("--concurrency", default="1,8,64,256")
     p.add_argument("--stream-size", type=int, default=1 << 30)
-    p.add_argument("--stream-rounds", type=int, default=5)
+    p.add_argument("--stream-rounds", type=int, default=9)
     p.add_argument("--official-stream-size", type=int, default=64 << 20)
     p.add_argument("--no-tls", action="store_true", help="skip the streaming rows over TLS")
     p.add_argument("--only", default="throughput,latency,scaling,decode,stream")
