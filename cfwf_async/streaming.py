@@ -77,11 +77,15 @@ def _shrink_reads(response: aiohttp.ClientResponse) -> asyncio.BaseTransport | N
     """Make a plain-socket connection read ``_READ_SIZE`` bytes at a time; return it.
 
     Only asyncio's own socket transport has a ``max_size`` (a class attribute, which an
-    instance attribute shadows); TLS and uvloop transports do not and are left alone.
+    instance attribute shadows); TLS and uvloop transports do not and are left alone, as
+    is a transport whose default is already no larger.
     """
     connection = response.connection
     transport = connection.transport if connection is not None else None
-    if transport is None or not isinstance(getattr(type(transport), "max_size", None), int):
+    if transport is None:
+        return None
+    default = getattr(type(transport), "max_size", None)
+    if not isinstance(default, int) or default <= _READ_SIZE:
         return None
     try:
         transport.max_size = _READ_SIZE  # type: ignore[attr-defined]
