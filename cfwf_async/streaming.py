@@ -32,6 +32,9 @@ _CLOSED_CHECK = 0.25
 # per GiB, measured on loopback). 128 KiB reads stay in reused heap memory.
 _READ_SIZE = 128 * 1024
 
+# How many bytes StepStream.save() gathers before handing them to the file's thread.
+_WRITE_BATCH = 1024 * 1024
+
 
 class _Watchdog:
     """Fails a stream whose connection closed under a read that aiohttp left waiting.
@@ -302,17 +305,29 @@ class StepStream:
         The bytes go to ``<path>.part`` first, which is renamed to ``path`` only after
         the whole body arrived, so a failed or cancelled download never leaves a file
         that looks complete. ``progress(bytes_read, content_length)`` is called after
-        each chunk.
+        each chunk arrives, before it is written; an exception it raises ends the save
+        (and removes the partial file). Chunks are written in batches of about 1 MiB,
+        so holding at most that much.
         """
         target = os.fspath(path)
         partial = target + ".part"
         async with self:
             try:
                 async with await anyio.open_file(partial, "wb") as f:
+                    # Each write is a hop to a worker thread (about as costly as
+                    # receiving a 128 KiB chunk), so chunks go to the file in batches.
+                    batch: list[bytes] = []
+                    batched = 0
                     async for chunk in self:
-                        await f.write(chunk)
                         if progress is not None:
                             progress(self.bytes_read, self.content_length)
+                        batch.append(chunk)
+                        batched += len(chunk)
+                        if batched >= _WRITE_BATCH:
+                            await f.writelines(batch)
+                            batch, batched = [], 0
+                    if batch:
+                        await f.writelines(batch)
                 await anyio.Path(partial).replace(target)
             except BaseException:
                 with anyio.CancelScope(shield=True):
