@@ -477,6 +477,7 @@ def stream_worker(kind: str, base_url: str, size: int) -> None:
     base = _rss()
     exact_peak = _reset_peak()
     sampled = [base]
+    usage: dict[str, float] = {}  # the download's CPU time and page faults
 
     async def main() -> Any:
         async def sample() -> None:
@@ -495,7 +496,6 @@ def stream_worker(kind: str, base_url: str, size: int) -> None:
         usage["faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
         return result, time.perf_counter() - t0
 
-    usage: dict[str, float] = {}
     result, took = asyncio.run(main())
     peak = _peak_rss() if exact_peak else max(sampled)
     print(json.dumps({
