@@ -300,14 +300,14 @@ class StepStream:
         *,
         progress: Callable[[int, int | None], None] | None = None,
     ) -> int:
-        """Write the stream to ``path`` chunk by chunk; return the number of bytes.
+        """Write the stream to ``path`` as it arrives; return the number of bytes.
 
         The bytes go to ``<path>.part`` first, which is renamed to ``path`` only after
         the whole body arrived, so a failed or cancelled download never leaves a file
         that looks complete. ``progress(bytes_read, content_length)`` is called after
         each chunk arrives, before it is written; an exception it raises ends the save
         (and removes the partial file). Chunks are written in batches of about 1 MiB,
-        so holding at most that much.
+        so at most that much (plus one chunk) is held in memory.
         """
         target = os.fspath(path)
         partial = target + ".part"
