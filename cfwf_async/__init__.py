@@ -15,6 +15,7 @@ streamed bytes::
 """
 
 from ._retry import RetryBudget
+from ._version import __version__
 from .batch import Batch, BatchProgress, BatchResult, StepRef, StreamedOutput
 from .errors import (
     APIConnectionError,
@@ -59,8 +60,6 @@ from .models import (
 from .ratelimit import Limiter, RateLimit, RateLimitInfo
 from .session import WorkflowsSession
 from .streaming import StepStream
-
-__version__ = "0.1.0"
 
 __all__ = [
     "INSTANCE_STATUSES",

@@ -27,6 +27,7 @@ from .models import (
     ErrorItem,
     Instance,
     InstanceSummary,
+    RateLimitInfo,
     RollbackStep,
     SleepStep,
     StepOutput,
@@ -72,13 +73,40 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
     return value
 
 
+def check_int(name: str, value: object, *, minimum: int = 0, maximum: int | None = None) -> int:
+    """Return ``value`` if it is an int in ``[minimum, maximum]``, else raise.
+
+    The one rule for every integer argument of the package: the wrong type (a bool
+    included, though Python counts it as an int) is a :class:`TypeError`, the right type
+    out of range a :class:`ValueError`; both name the argument.
+    """
+    bounds = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int {bounds}, got {type(value).__name__}")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be an int {bounds}, got {value}")
+    return value
+
+
 def check_positive_int(name: str, value: object) -> int:
     """Return ``value`` if it is an int >= 1 (bools refused), else raise."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= 1, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value}")
-    return value
+    return check_int(name, value, minimum=1)
+
+
+def check_number(
+    name: str, value: object, *, minimum: float = 0.0, maximum: float | None = None
+) -> float:
+    """Return ``value`` as a float if it is a finite number in ``[minimum, maximum]``.
+
+    Same rule as :func:`check_int`: a non-number (or a bool) is a :class:`TypeError`,
+    NaN, an infinity or a number out of range a :class:`ValueError`.
+    """
+    bounds = f">= {minimum:g}" if maximum is None else f"in {minimum:g}..{maximum:g}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number {bounds}, got {type(value).__name__}")
+    if not (math.isfinite(value) and value >= minimum and (maximum is None or value <= maximum)):
+        raise ValueError(f"{name} must be a number {bounds}, got {value!r}")
+    return float(value)
 
 
 @overload
@@ -241,20 +269,6 @@ SECRET_HEADERS: Final = frozenset({"authorization", "x-auth-key", "x-auth-email"
 
 # ---------------------------------------------------------------------------
 # Rate-limit headers
-
-
-class RateLimitInfo(msgspec.Struct, frozen=True, gc=False):
-    """What an answer's ``Ratelimit`` / ``Ratelimit-Policy`` headers say.
-
-    ``remaining`` requests are left and the window resets in ``reset`` seconds;
-    ``quota`` requests are allowed per ``window`` seconds. Any part may be None when the
-    header left it out or it did not parse.
-    """
-
-    remaining: int | None = None
-    reset: float | None = None
-    quota: int | None = None
-    window: float | None = None
 
 
 _PARAM_RE: Final = re.compile(r";\s*([A-Za-z][A-Za-z0-9_*-]*)\s*=\s*([^;,\s]+)")

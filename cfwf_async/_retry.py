@@ -12,6 +12,17 @@ from . import errors
 
 RETRYABLE_STATUSES: Final = frozenset({408, 409, 429})
 
+#: The longest wait a server can impose through anything it says (``Retry-After``, a
+#: ``Ratelimit`` reset, a pause shared through a limiter or Redis). Cloudflare's own
+#: block lasts 5 minutes; a longer value is a broken or hostile server, and believing
+#: it would park every caller, and every process sharing a limiter, for that long.
+MAX_SERVER_WAIT: Final = 900.0
+
+
+def clamp_server_wait(seconds: float) -> float:
+    """A server-supplied wait, taken as at most :data:`MAX_SERVER_WAIT` seconds."""
+    return seconds if seconds <= MAX_SERVER_WAIT else MAX_SERVER_WAIT
+
 
 def is_retryable(exc: BaseException) -> bool:
     """Connection errors, timeouts, 408, 409, 429 and 5xx are worth another attempt."""

@@ -25,6 +25,7 @@ __all__ = [
     "Instance",
     "InstanceRollback",
     "InstanceSummary",
+    "RateLimitInfo",
     "ResultInfo",
     "RetryConfig",
     "RollbackStep",
@@ -319,3 +320,17 @@ class StepOutput(_Model, frozen=True):
     error: ErrorInfo | None = None
     output: Any = None
     event_type: str | None = None
+
+
+class RateLimitInfo(msgspec.Struct, frozen=True, gc=False):
+    """What an answer's ``Ratelimit`` / ``Ratelimit-Policy`` headers say.
+
+    ``remaining`` requests are left and the window resets in ``reset`` seconds;
+    ``quota`` requests are allowed per ``window`` seconds. Any part may be None when the
+    header left it out or it did not parse.
+    """
+
+    remaining: int | None = None
+    reset: float | None = None
+    quota: int | None = None
+    window: float | None = None

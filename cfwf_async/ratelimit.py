@@ -29,7 +29,7 @@ from typing import Final, Protocol, runtime_checkable
 
 import anyio
 
-from ._protocol import RateLimitInfo
+from .models import RateLimitInfo
 
 __all__ = ["Limiter", "RateLimit", "RateLimitInfo"]
 

@@ -58,8 +58,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         'cfwf_async.redis needs redis-py: pip install "cfwf_async[redis]"'
     ) from exc
 
-from ._protocol import RateLimitInfo
 from .errors import RateLimiterUnavailableError
+from .models import RateLimitInfo
 from .ratelimit import Limiter
 
 __all__ = ["RedisRateLimit"]

@@ -17,6 +17,7 @@ from yarl import URL
 from . import _protocol as proto
 from . import errors
 from ._retry import RetryBudget, RetryPolicy
+from ._version import __version__
 from .batch import (
     Batch,
     BatchProgress,
@@ -48,12 +49,6 @@ _DEFAULT: Final = _Default()
 _OCTET_STREAM: Final = "application/octet-stream"
 #: How much longer each wait_for_instance poll waits than the one before.
 _POLL_BACKOFF: Final = 1.25
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 class WorkflowsSession:
@@ -122,7 +117,7 @@ class WorkflowsSession:
                 api_key = env.get("CLOUDFLARE_API_KEY") or None
         self._headers: Final[dict[str, str]] = {
             **proto.auth_headers(api_token=api_token, api_email=api_email, api_key=api_key),
-            "User-Agent": f"cfwf_async/{_version()}",
+            "User-Agent": f"cfwf_async/{__version__}",
             # The step endpoint answers raw bytes for streamed outputs: accept both, so a
             # strict server never refuses a stream over content negotiation.
             "Accept": "application/json, application/octet-stream",

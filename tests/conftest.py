@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Protocol
 
 import pytest
 from aiohttp import web
@@ -41,14 +42,37 @@ async def base_url(fake_api: FakeWorkflowsAPI) -> AsyncIterator[str]:
         yield url
 
 
+class SessionFactory(Protocol):
+    def __call__(self, url: str | None = None, **kwargs: Any) -> WorkflowsSession: ...
+
+
 @pytest.fixture
-async def session(fake_api: FakeWorkflowsAPI, base_url: str) -> AsyncIterator[WorkflowsSession]:
-    async with WorkflowsSession(
-        api_token=fake_api.api_token,
-        account_id=fake_api.account_id,
-        base_url=base_url,
-        rate_limit=None,
-    ) as s:
+async def make_session(
+    fake_api: FakeWorkflowsAPI, base_url: str
+) -> AsyncIterator[SessionFactory]:
+    """The one way tests build a session: ``make_session(url=None, **overrides)``.
+
+    Bound to the fake API (its token and account, no rate limit) unless told otherwise;
+    ``url`` points it at another server (a ``serve_app`` one). Every session it made is
+    closed when the test ends.
+    """
+    made: list[WorkflowsSession] = []
+
+    def make(url: str | None = None, **kwargs: Any) -> WorkflowsSession:
+        kwargs.setdefault("api_token", fake_api.api_token)
+        kwargs.setdefault("account_id", fake_api.account_id)
+        kwargs.setdefault("rate_limit", None)
+        made.append(WorkflowsSession(base_url=base_url if url is None else url, **kwargs))
+        return made[-1]
+
+    yield make
+    for s in made:
+        await s.aclose()
+
+
+@pytest.fixture
+async def session(make_session: SessionFactory) -> AsyncIterator[WorkflowsSession]:
+    async with make_session() as s:
         yield s
 
 
