@@ -124,12 +124,33 @@ def check_timeout(name: str, value: object, *, allow_none: bool = False) -> floa
     return float(value)
 
 
-def check_workflow_name(value: object) -> str:
-    return check_str("workflow_name", value, max_len=WORKFLOW_NAME_MAX)
+def check_path_segment(name: str, value: object, *, max_len: int) -> str:
+    """A name that becomes one URL path segment: a non-empty str the wire can carry.
+
+    ``.`` and ``..`` are refused (they name no resource, and a proxy may resolve them),
+    and so is a lone surrogate, which cannot be encoded as UTF-8 and would otherwise
+    fail later, deep inside the request.
+    """
+    check_str(name, value, max_len=max_len)
+    assert isinstance(value, str)
+    if value in (".", ".."):
+        raise ValueError(f"{name} must not be {value!r}")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"{name} contains a lone surrogate and cannot be sent: {value!r}"
+            ) from None
+    return value
 
 
-def check_instance_id(value: object) -> str:
-    return check_str("instance_id", value, max_len=INSTANCE_ID_MAX)
+def check_workflow_name(value: object, name: str = "workflow_name") -> str:
+    return check_path_segment(name, value, max_len=WORKFLOW_NAME_MAX)
+
+
+def check_instance_id(value: object, name: str = "instance_id") -> str:
+    return check_path_segment(name, value, max_len=INSTANCE_ID_MAX)
 
 
 def check_account_id(value: object) -> str:

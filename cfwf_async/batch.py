@@ -273,7 +273,7 @@ def check_instance_ids(instance_ids: object) -> list[str]:
         )
     ids = list(instance_ids)
     for i, value in enumerate(ids):
-        proto.check_str(f"instance_ids[{i}]", value, max_len=proto.INSTANCE_ID_MAX)
+        proto.check_instance_id(value, f"instance_ids[{i}]")
     return ids
 
 

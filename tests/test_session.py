@@ -322,8 +322,27 @@ async def test_missing_account_names_the_env_var(api: FakeWorkflowsAPI, base_url
 # Paths cannot be escaped
 
 
-ODD_IDS = ["a/b", "a?b=c", "a#frag", "100%", "%2F", "a b", ".", "..", "../x", "x/../../y",
-           "../../../../etc/passwd", "a/./b", ";x=1", "é-ü"]
+# "." and ".." alone are refused at call time (see below); inside an id they are data.
+ODD_IDS = ["a/b", "a?b=c", "a#frag", "100%", "%2F", "a b", "../x", "x/../../y",
+           "../../../../etc/passwd", "a/./b", ";x=1", "é-ü", "..."]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("bad", [".", "..", "\ud800", "ok\udfffok"])
+async def test_ids_the_wire_cannot_carry_are_refused_before_any_request(
+    fake_api: FakeWorkflowsAPI, session: WorkflowsSession, bad: str
+) -> None:
+    with pytest.raises(ValueError, match="instance_id"):
+        await session.get_instance("wf", bad)
+    with pytest.raises(ValueError, match="instance_id"):
+        await session.get_step_output("wf", bad, name="s")
+    with pytest.raises(ValueError, match="instance_id"):
+        await session.wait_for_instance("wf", bad)
+    with pytest.raises(ValueError, match="workflow_name"):
+        await session.get_instance(bad, "i")
+    with pytest.raises(ValueError, match=r"instance_ids\[1\]"):
+        session.get_instances("wf", ["fine", bad])
+    assert fake_api.requests == []
 
 
 @pytest.mark.anyio
@@ -349,7 +368,7 @@ async def test_odd_ids_reach_the_instance_route(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("workflow_name", ["..", "a/b", "w?x", "w#y"])
+@pytest.mark.parametrize("workflow_name", ["..x", "../w", "a/b", "w?x", "w#y"])
 async def test_odd_workflow_names_stay_one_segment(
     fake_api: FakeWorkflowsAPI, session: WorkflowsSession, workflow_name: str
 ) -> None:
