@@ -228,7 +228,7 @@ async def test_scripted_faults_come_in_order_then_the_real_answer(
 ) -> None:
     api.inject(Fault.http(500))
     api.inject(Fault.edge_page(502), times=2)
-    api.fail_next(503)  # the older spelling of inject(Fault.http(503))
+    api.inject(Fault.http(503))
     statuses = []
     for _ in range(5):
         async with raw.get(url(api)) as resp:
