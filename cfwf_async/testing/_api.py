@@ -246,13 +246,15 @@ class FakeWorkflowsAPI(AsyncResource):
     def session(self, **overrides: Any) -> WorkflowsSession:
         """A :class:`WorkflowsSession` bound to this running fake API.
 
-        Its credentials, account and base URL, and no client-side rate limit (the fake
-        has no quota unless :meth:`set_ratelimit` sets one); ``overrides`` are any other
-        session arguments (``max_retries=0``, ``timeout=0.2``...).
+        Its token (unless ``api_email``/``api_key`` are given), account and base URL,
+        and no client-side rate limit (the fake has no quota unless :meth:`set_ratelimit`
+        sets one); ``overrides`` are any other session arguments (``max_retries=0``,
+        ``timeout=0.2``...). Close it (``async with``) when done.
         """
         if self.base_url is None:
             raise RuntimeError("the fake API is not serving: start it first")
-        overrides.setdefault("api_token", self.api_token)
+        if "api_key" not in overrides and "api_email" not in overrides:
+            overrides.setdefault("api_token", self.api_token)
         overrides.setdefault("account_id", self.account_id)
         overrides.setdefault("rate_limit", None)
         overrides.setdefault("base_url", self.base_url)
