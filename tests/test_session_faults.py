@@ -1,4 +1,5 @@
-"""Issue 3: the SDK survives faults, load and cancellation, and leaks nothing.
+"""The session under faults: cancellation at every point, deadlines, streams that
+flow, stall or break, bodies cut short, and credentials that never leak through any of it.
 
 Every test talks HTTP to a real server on loopback: the fake API with injected faults,
 or a small ``aiohttp.web`` app where a test needs to know exactly where the server is.
@@ -6,23 +7,16 @@ Sessions that must prove a connection was released use their own
 ``TCPConnector(limit=1)``: a leaked connection would make the next call wait forever,
 so each follow-up call runs under ``anyio.fail_after``. The connector's ``_acquired``
 set is read only as an observation, never changed.
-
-The soak runs 1,000 calls by default; ``CFWF_FULL_SOAK=1`` runs the 5,000 behind the
-README's figures (``CFWF_FULL_SOAK=1 python -m pytest -q -s tests/test_reliability.py
--k soak`` prints them).
 """
 
 from __future__ import annotations
 
-import gc
 import logging
-import os
 import socket
 import subprocess
 import time
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,26 +31,19 @@ from cfwf_async import (
     APIResponseValidationError,
     APIStatusError,
     APITimeoutError,
-    InternalServerError,
     NotFoundError,
-    RateLimitError,
-    RetryBudget,
     StepStream,
     StreamError,
     WorkflowsError,
     WorkflowsSession,
 )
-from cfwf_async.testing import FakeWorkflowsAPI, Fault, StreamBody, make_instance
+from cfwf_async.testing import API_PREFIX, FakeWorkflowsAPI, Fault, StreamBody, make_instance
 
-WF = "soak"
-PREFIX = "/client/v4/accounts/acct/workflows/wf/instances"
-
-
-def session_for(api: FakeWorkflowsAPI, base_url: str, **kwargs: Any) -> WorkflowsSession:
-    kwargs.setdefault("rate_limit", None)
-    return WorkflowsSession(
-        api_token=api.api_token, account_id=api.account_id, base_url=base_url, **kwargs
-    )
+WF = "faults"
+PREFIX = API_PREFIX + "/accounts/acct/workflows/wf/instances"
+SessionFactory = Callable[..., WorkflowsSession]
+ServeApp = Callable[[web.Application], AbstractAsyncContextManager[str]]
+LimitOne = Callable[..., AbstractAsyncContextManager[tuple[WorkflowsSession, aiohttp.TCPConnector]]]
 
 
 def acquired(connector: aiohttp.BaseConnector) -> int:
@@ -64,205 +51,27 @@ def acquired(connector: aiohttp.BaseConnector) -> int:
     return len(connector._acquired)  # type: ignore[attr-defined]
 
 
-class CountingBudget(RetryBudget):
-    """A RetryBudget that also counts the retries it paid for and its lowest level."""
+@pytest.fixture
+def limit_one(make_session: SessionFactory) -> LimitOne:
+    """``async with limit_one(url, **session_kwargs) as (session, connector)``.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.retries = 0
-        self.refused = 0
-        self.lowest = self.tokens
+    A session whose HTTP client holds one connection at most, so a leaked connection
+    shows as a next call that never starts.
+    """
 
-    def try_spend(self, exc: BaseException) -> int:
-        spent = super().try_spend(exc)
-        if spent:
-            self.retries += 1
-            self.lowest = min(self.lowest, self.tokens)
-        else:
-            self.refused += 1
-        return spent
+    @asynccontextmanager
+    async def open_session(
+        url: str, *, trace_configs: list[aiohttp.TraceConfig] | None = None, **kwargs: Any
+    ) -> AsyncIterator[tuple[WorkflowsSession, aiohttp.TCPConnector]]:
+        connector = aiohttp.TCPConnector(limit=1)
+        async with aiohttp.ClientSession(
+            connector=connector, trace_configs=trace_configs
+        ) as http, make_session(
+            url, api_token="secret-token", account_id="acct", http_session=http, **kwargs
+        ) as session:
+            yield session, connector
 
-
-# ---------------------------------------------------------------------------
-# 1. Soak: thousands of calls through 20% faults
-
-
-SOAK_FULL = os.environ.get("CFWF_FULL_SOAK") == "1"
-SOAK_CALLS = 5000 if SOAK_FULL else 1000
-SOAK_CONCURRENCY = 100
-SOAK_INSTANCES = 250
-SOAK_TIMEOUT = 0.2
-# Retry-After: 0 asks for an immediate retry; the delay outlasts the client's timeout.
-SOAK_MIX = (
-    Fault.http(500),
-    Fault.edge_page(502),
-    Fault.http(503),
-    Fault.rate_limit(0),
-    Fault.reset(),
-    Fault.delay(2.0),
-)
-
-
-@pytest.mark.anyio
-async def test_soak_every_call_returns_its_instance_and_nothing_leaks() -> None:
-    api = FakeWorkflowsAPI()
-    for n in range(SOAK_INSTANCES):
-        api.add_instance(WF, f"inst-{n}", make_instance(steps=2, params={"n": n}))
-    api.fault_rate(0.2, SOAK_MIX, seed=3)
-    budget = CountingBudget()  # the default sizes: transient faults must not drain it
-    wrong: list[int] = []
-    failed: list[BaseException] = []
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ResourceWarning)
-        connector = aiohttp.TCPConnector(limit=SOAK_CONCURRENCY)
-        started = time.monotonic()
-        async with api.serve() as base_url, aiohttp.ClientSession(connector=connector) as http:
-            session = session_for(
-                api, base_url, http_session=http, timeout=SOAK_TIMEOUT, max_retries=5,
-                retry_budget=budget,
-            )
-            calls = iter(range(SOAK_CALLS))
-
-            async def worker() -> None:
-                for i in calls:
-                    n = i % SOAK_INSTANCES
-                    try:
-                        inst = await session.get_instance(WF, f"inst-{n}")
-                    except WorkflowsError as exc:
-                        failed.append(exc)
-                        continue
-                    if inst.params != {"n": n}:
-                        wrong.append(i)
-
-            async with anyio.create_task_group() as tg:
-                for _ in range(SOAK_CONCURRENCY):
-                    tg.start_soon(worker)
-            await session.aclose()
-            held = acquired(connector)
-        elapsed = time.monotonic() - started
-        gc.collect()
-
-    resource_warnings = [w for w in caught if issubclass(w.category, ResourceWarning)]
-    requests = len(api.requests)
-    faults = sum(api.injected.values())
-    attempts = SOAK_CALLS + budget.retries
-    print(
-        f"\nsoak: {SOAK_CALLS} calls, concurrency {SOAK_CONCURRENCY}, {elapsed:.1f} s; "
-        f"server saw {requests} requests ({requests / SOAK_CALLS:.3f} per call), "
-        f"{faults} faults ({faults / requests:.1%}): {dict(sorted(api.injected.items()))}; "
-        f"SDK attempts {attempts} ({attempts / SOAK_CALLS:.3f} per call); "
-        f"budget lowest {budget.lowest}/{budget.capacity}, refused {budget.refused}; "
-        f"failed {len(failed)}, wrong {len(wrong)}, connections held {held}, "
-        f"ResourceWarnings {len(resource_warnings)}"
-    )
-    assert failed == []
-    assert wrong == []
-    assert held == 0
-    assert resource_warnings == []
-    assert budget.refused == 0
-    # Every kind of fault in the mix really happened, at about the rate asked for.
-    assert set(api.injected) == {f.label for f in SOAK_MIX}
-    assert 0.15 < faults / requests < 0.25
-    assert attempts > SOAK_CALLS
-
-
-# ---------------------------------------------------------------------------
-# 2. The retry budget bounds the load on a failing API
-
-
-@pytest.mark.anyio
-async def test_retry_budget_bounds_requests_when_everything_fails() -> None:
-    calls, capacity, cost = 200, 50, 5
-    api = FakeWorkflowsAPI()
-    api.add_instance(WF, "i", make_instance())
-    api.fault_rate(1.0, [Fault.http(503)])
-    budget = RetryBudget(capacity, retry_cost=cost)
-    outcomes: list[BaseException] = []
-    async with api.serve() as base_url, session_for(
-        api, base_url, max_retries=5, retry_budget=budget
-    ) as session:
-
-        async def one() -> None:
-            try:
-                await session.get_instance(WF, "i")
-            except WorkflowsError as exc:
-                outcomes.append(exc)
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(calls):
-                tg.start_soon(one)
-        # With the bucket empty, a failing call costs exactly one request.
-        before = len(api.requests)
-        with pytest.raises(InternalServerError):
-            await session.get_instance(WF, "i")
-        assert len(api.requests) == before + 1
-
-    print(
-        f"\nbudget: {calls} calls against an API failing every request, max_retries=5, "
-        f"RetryBudget({capacity}, retry_cost={cost}): {len(api.requests) - 1} requests "
-        f"(bound {calls + capacity // cost}, unbudgeted {calls * 6})"
-    )
-    # Every call failed with the server's own error, the last one it saw.
-    assert len(outcomes) == calls
-    assert all(type(e) is InternalServerError and e.status_code == 503 for e in outcomes)
-    # The stated bound: n + capacity // retry_cost, not n * (max_retries + 1) = 1200.
-    assert len(api.requests) <= calls + 1 + capacity // cost
-    assert budget.tokens < cost
-
-
-@pytest.mark.anyio
-async def test_without_a_budget_retries_multiply_the_load() -> None:
-    """The contrast: the same failing API, no budget, every call retried to the end."""
-    calls = 40
-    api = FakeWorkflowsAPI()
-    api.fault_rate(1.0, [Fault.rate_limit(0)])  # Retry-After: 0, so no backoff sleeps
-    async with api.serve() as base_url:
-        async with session_for(api, base_url, max_retries=5, retry_budget=None) as s:
-            for _ in range(calls):
-                with pytest.raises(RateLimitError):
-                    await s.get_instance(WF, "i")
-        unbounded = len(api.requests)
-        api.requests.clear()
-        async with session_for(
-            api, base_url, max_retries=5, retry_budget=RetryBudget(50)
-        ) as s:
-            for _ in range(calls):
-                with pytest.raises(RateLimitError):
-                    await s.get_instance(WF, "i")
-        bounded = len(api.requests)
-    print(f"\nno budget: {calls} calls, {unbounded} requests; RetryBudget(50): {bounded}")
-    assert unbounded == calls * 6
-    assert bounded <= calls + 50 // 5
-
-
-def test_budget_gives_back_what_a_successful_retry_cost() -> None:
-    budget = RetryBudget(20, retry_cost=5, timeout_cost=10, success_refund=1)
-    error = InternalServerError("x", status_code=503)
-    timeout = APITimeoutError("slow")
-    assert budget.try_spend(error) == 5
-    budget.refund(5)  # that retry succeeded: the transient fault cost nothing
-    assert budget.tokens == 20
-    assert budget.try_spend(timeout) == 10
-    assert budget.try_spend(error) == 5
-    assert budget.try_spend(error) == 5
-    assert budget.try_spend(error) == 0  # empty: nothing taken
-    assert budget.tokens == 0
-    budget.refund()  # a first-attempt success
-    assert budget.tokens == 1
-    budget.refund(10_000)
-    assert budget.tokens == 20  # never above capacity
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [{"capacity": -1}, {"retry_cost": 0}, {"timeout_cost": 0}, {"success_refund": -1},
-     {"capacity": 1.5}, {"retry_cost": True}],
-)
-def test_budget_refuses_bad_sizes(kwargs: dict[str, Any]) -> None:
-    name = next(iter(kwargs))
-    with pytest.raises(ValueError, match=name):
-        RetryBudget(**kwargs)
+    return open_session
 
 
 # ---------------------------------------------------------------------------
@@ -301,32 +110,15 @@ class Scripted:
 
 
 @asynccontextmanager
-async def serve(app: web.Application, sock: socket.socket | None = None) -> AsyncIterator[str]:
+async def serve_on(sock: socket.socket, app: web.Application) -> AsyncIterator[str]:
+    """Run ``app`` on an already listening socket (``serve_app`` binds its own)."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
     await runner.setup()
-    site: web.BaseSite = (
-        web.SockSite(runner, sock) if sock is not None else web.TCPSite(runner, "127.0.0.1", 0)
-    )
-    await site.start()
-    port = runner.addresses[0][1]
+    await web.SockSite(runner, sock).start()
     try:
-        yield f"http://127.0.0.1:{port}/client/v4"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}{API_PREFIX}"
     finally:
         await runner.cleanup()
-
-
-@asynccontextmanager
-async def limit_one_session(
-    base_url: str, **kwargs: Any
-) -> AsyncIterator[tuple[WorkflowsSession, aiohttp.TCPConnector]]:
-    connector = aiohttp.TCPConnector(limit=1)
-    async with aiohttp.ClientSession(
-        connector=connector, trace_configs=kwargs.pop("trace_configs", None)
-    ) as http, WorkflowsSession(
-        api_token="secret-token", account_id="acct", base_url=base_url, http_session=http,
-        rate_limit=None, **kwargs,
-    ) as session:
-        yield session, connector
 
 
 async def cancel_when(reached: anyio.Event, call: Callable[[], Awaitable[Any]]) -> None:
@@ -359,7 +151,7 @@ async def _unused(request: web.Request) -> web.StreamResponse:
 
 
 @pytest.mark.anyio
-async def test_cancel_while_connecting() -> None:
+async def test_cancel_while_connecting(limit_one: LimitOne) -> None:
     # A listening socket with a full accept queue: the kernel drops further SYNs, so a
     # connect stays pending until the site below starts accepting.
     listener = socket.socket()
@@ -382,13 +174,13 @@ async def test_cancel_while_connecting() -> None:
     scripted = Scripted(_unused)
     scripted.count = 1  # every request answers normally once the site is up
     try:
-        async with limit_one_session(
-            f"http://127.0.0.1:{port}/client/v4", trace_configs=[trace], timeout=30
+        async with limit_one(
+            f"http://127.0.0.1:{port}{API_PREFIX}", trace_configs=[trace], timeout=30
         ) as (session, connector):
             await cancel_when(connecting, lambda: session.get_instance("wf", "i"))
             for filler in fillers:
                 filler.close()
-            async with serve(scripted.app(), sock=listener):
+            async with serve_on(listener, scripted.app()):
                 await usable_afterwards(session, connector)
     finally:
         for filler in fillers:
@@ -397,21 +189,24 @@ async def test_cancel_while_connecting() -> None:
 
 
 @pytest.mark.anyio
-async def test_cancel_while_waiting_for_headers() -> None:
+async def test_cancel_while_waiting_for_headers(serve_app: ServeApp, limit_one: LimitOne) -> None:
     async def first(request: web.Request) -> web.StreamResponse:
         scripted.reached.set()
         await scripted.release.wait()
         return web.Response()
 
     scripted = Scripted(first)
-    async with serve(scripted.app()) as url, limit_one_session(url) as (session, connector):
+    async with serve_app(scripted.app()) as root, limit_one(root + API_PREFIX) as (
+        session,
+        connector,
+    ):
         await cancel_when(scripted.reached, lambda: session.get_instance("wf", "i"))
         scripted.release.set()
         await usable_afterwards(session, connector)
 
 
 @pytest.mark.anyio
-async def test_cancel_mid_body() -> None:
+async def test_cancel_mid_body(serve_app: ServeApp, limit_one: LimitOne) -> None:
     async def first(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()
         resp.content_type = "application/json"
@@ -423,14 +218,17 @@ async def test_cancel_mid_body() -> None:
         return resp
 
     scripted = Scripted(first)
-    async with serve(scripted.app()) as url, limit_one_session(url) as (session, connector):
+    async with serve_app(scripted.app()) as root, limit_one(root + API_PREFIX) as (
+        session,
+        connector,
+    ):
         await cancel_when(scripted.reached, lambda: session.get_instance("wf", "i"))
         scripted.release.set()
         await usable_afterwards(session, connector)
 
 
 @pytest.mark.anyio
-async def test_cancel_mid_stream() -> None:
+async def test_cancel_mid_stream(serve_app: ServeApp, limit_one: LimitOne) -> None:
     async def first(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()
         resp.content_type = "application/octet-stream"
@@ -452,7 +250,10 @@ async def test_cancel_mid_stream() -> None:
             async for _ in out:
                 got_first_chunk.set()
 
-    async with serve(scripted.app()) as url, limit_one_session(url) as (session, connector):
+    async with serve_app(scripted.app()) as root, limit_one(root + API_PREFIX) as (
+        session,
+        connector,
+    ):
         await cancel_when(got_first_chunk, lambda: read_stream(session))
         assert streams[0].closed
         scripted.release.set()
@@ -464,7 +265,7 @@ async def test_cancel_mid_stream() -> None:
 
 
 @pytest.mark.anyio
-async def test_cancel_while_backing_off() -> None:
+async def test_cancel_while_backing_off(serve_app: ServeApp, limit_one: LimitOne) -> None:
     async def first(request: web.Request) -> web.StreamResponse:
         return web.Response(status=503, text="<html>busy</html>", content_type="text/html")
 
@@ -482,10 +283,9 @@ async def test_cancel_while_backing_off() -> None:
     log.addHandler(watch)
     log.setLevel(logging.DEBUG)
     try:
-        async with serve(scripted.app()) as url, limit_one_session(url, max_retries=3) as (
-            session,
-            connector,
-        ):
+        async with serve_app(scripted.app()) as root, limit_one(
+            root + API_PREFIX, max_retries=3
+        ) as (session, connector):
             # Retry-less 503s back off for up to base_delay (0.5 s): cancel inside it.
             await cancel_when(backing_off, lambda: session.get_instance("wf", "i"))
             assert scripted.count == 1
@@ -496,14 +296,14 @@ async def test_cancel_while_backing_off() -> None:
 
 
 @pytest.mark.anyio
-async def test_overall_deadline_across_retries_with_fail_after() -> None:
-    api = FakeWorkflowsAPI()
+async def test_overall_deadline_across_retries_with_fail_after(
+    fake_api: FakeWorkflowsAPI, make_session: SessionFactory
+) -> None:
+    api = fake_api
     api.fault_rate(1.0, [Fault.http(503)])
     connector = aiohttp.TCPConnector(limit=1)
-    async with api.serve() as base_url, aiohttp.ClientSession(
-        connector=connector
-    ) as http, session_for(
-        api, base_url, http_session=http, max_retries=10, retry_budget=None
+    async with aiohttp.ClientSession(connector=connector) as http, make_session(
+        http_session=http, max_retries=10, retry_budget=None
     ) as session:
         started = time.monotonic()
         with pytest.raises(TimeoutError), anyio.fail_after(0.6):
@@ -524,12 +324,14 @@ async def test_overall_deadline_across_retries_with_fail_after() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_flowing_stream_outlasts_the_timeout() -> None:
+async def test_a_flowing_stream_outlasts_the_timeout(
+    fake_api: FakeWorkflowsAPI, make_session: SessionFactory
+) -> None:
     size, piece = 64 * 1024, 2048
-    api = FakeWorkflowsAPI()
+    api = fake_api
     api.add_step_output(WF, "i", "big", StreamBody.repeat(size, chunk_size=8192))
     api.inject(Fault.trickle(chunk_size=piece, interval=0.04))  # 32 gaps of 40 ms
-    async with api.serve() as base_url, session_for(api, base_url, timeout=0.3) as session:
+    async with make_session(timeout=0.3) as session:
         started = time.monotonic()
         out = await session.get_step_output(WF, "i", name="big")
         assert isinstance(out, StepStream)
@@ -540,13 +342,13 @@ async def test_a_flowing_stream_outlasts_the_timeout() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_stalled_stream_times_out_and_is_never_retried(tmp_path: Path) -> None:
-    api = FakeWorkflowsAPI()
+async def test_a_stalled_stream_times_out_and_is_never_retried(
+    tmp_path: Path, fake_api: FakeWorkflowsAPI, make_session: SessionFactory
+) -> None:
+    api = fake_api
     api.add_step_output(WF, "i", "big", StreamBody.repeat(200_000, chunk_size=10_000))
     api.inject(Fault.stall(keep=0.5))
-    async with api.serve() as base_url, session_for(
-        api, base_url, timeout=0.3, max_retries=5
-    ) as session:
+    async with make_session(timeout=0.3, max_retries=5) as session:
         out = await session.get_step_output(WF, "i", name="big")
         assert isinstance(out, StepStream)
         with pytest.raises(APITimeoutError):
@@ -558,14 +360,16 @@ async def test_a_stalled_stream_times_out_and_is_never_retried(tmp_path: Path) -
 
 
 @pytest.mark.anyio
-async def test_faults_before_the_first_byte_are_retried_after_never() -> None:
-    api = FakeWorkflowsAPI()
+async def test_faults_before_the_first_byte_are_retried_after_never(
+    fake_api: FakeWorkflowsAPI, make_session: SessionFactory
+) -> None:
+    api = fake_api
     body = bytes(range(256)) * 400
     api.add_step_output(WF, "i", "big", body)
     api.inject(Fault.http(503))
     api.inject(Fault.edge_page(502))
     api.inject(Fault.rate_limit(0))
-    async with api.serve() as base_url, session_for(api, base_url, max_retries=5) as session:
+    async with make_session(max_retries=5) as session:
         out = await session.get_step_output(WF, "i", name="big")
         assert isinstance(out, StepStream)
         assert await out.read() == body
@@ -581,13 +385,13 @@ async def test_faults_before_the_first_byte_are_retried_after_never() -> None:
 
 
 @pytest.mark.anyio
-async def test_json_timeout_bounds_the_whole_answer() -> None:
-    api = FakeWorkflowsAPI()
+async def test_json_timeout_bounds_the_whole_answer(
+    fake_api: FakeWorkflowsAPI, make_session: SessionFactory
+) -> None:
+    api = fake_api
     api.add_instance(WF, "i", make_instance(steps=20))
     api.inject(Fault.trickle(chunk_size=64, interval=0.05))
-    async with api.serve() as base_url, session_for(
-        api, base_url, timeout=0.3, max_retries=1
-    ) as session:
+    async with make_session(timeout=0.3, max_retries=1) as session:
         inst = await session.get_instance(WF, "i")  # the slow attempt timed out; retried
     assert inst.status == "complete"
     assert [r.fault for r in api.requests] == ["trickle", None]
@@ -599,12 +403,14 @@ async def test_json_timeout_bounds_the_whole_answer() -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("sized", [True, False])
-async def test_broken_streams_raise_stream_error(sized: bool) -> None:
+async def test_broken_streams_raise_stream_error(
+    sized: bool, fake_api: FakeWorkflowsAPI, make_session: SessionFactory
+) -> None:
     size = 300_000
-    api = FakeWorkflowsAPI()
+    api = fake_api
     source = StreamBody.repeat(size, chunk_size=50_000)
     api.add_step_output(WF, "i", "s", source if sized else StreamBody(source.chunks, None))
-    async with api.serve() as base_url, session_for(api, base_url, max_retries=3) as session:
+    async with make_session(max_retries=3) as session:
         for fault in (Fault.truncate(0.5), Fault.bad_chunking(0.5)):
             api.inject(fault)
             out = await session.get_step_output(WF, "i", name="s")
@@ -622,7 +428,9 @@ async def test_broken_streams_raise_stream_error(sized: bool) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("close", [True, False])
-async def test_body_longer_than_content_length_never_leaks_extra_bytes(close: bool) -> None:
+async def test_body_longer_than_content_length_never_leaks_extra_bytes(
+    close: bool, make_session: SessionFactory
+) -> None:
     head = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 10\r\n"
     head += b"Connection: close\r\n\r\n" if close else b"\r\n"
 
@@ -635,9 +443,8 @@ async def test_body_longer_than_content_length_never_leaks_extra_bytes(close: bo
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     async with listener, anyio.create_task_group() as tg:
         tg.start_soon(listener.serve, handler)
-        async with WorkflowsSession(
-            api_token="t", account_id="a", base_url=f"http://127.0.0.1:{port}/v4",
-            rate_limit=None, max_retries=0,
+        async with make_session(
+            f"http://127.0.0.1:{port}/v4", api_token="t", account_id="a", max_retries=0
         ) as session:
             # aiohttp either refuses the answer outright or stops at Content-Length;
             # the extra bytes never reach the caller.
@@ -652,10 +459,12 @@ async def test_body_longer_than_content_length_never_leaks_extra_bytes(close: bo
 
 
 @pytest.mark.anyio
-async def test_json_body_cut_short() -> None:
-    api = FakeWorkflowsAPI()
+async def test_json_body_cut_short(
+    fake_api: FakeWorkflowsAPI, make_session: SessionFactory
+) -> None:
+    api = fake_api
     api.add_instance(WF, "i", make_instance())
-    async with api.serve() as base_url, session_for(api, base_url, max_retries=3) as session:
+    async with make_session(max_retries=3) as session:
         # 2xx: the body does not decode, and that is not retried.
         api.inject(Fault.truncate(0.5))
         with pytest.raises(APIResponseValidationError) as bad:
@@ -698,12 +507,11 @@ async def test_redirects_never_carry_credentials_elsewhere(status: int, auth: st
     home = FakeWorkflowsAPI(api_token=SECRETS[0], api_email=SECRETS[2], api_key=SECRETS[1])
     other = FakeWorkflowsAPI(api_token=SECRETS[0], api_email=SECRETS[2], api_key=SECRETS[1])
     other.add_instance(WF, "i", make_instance())
-    async with home.serve() as home_url, other.serve() as other_url:
-        target = other_url + f"/accounts/{other.account_id}/workflows/{WF}/instances/i"
+    async with home, other:
+        target = f"{other.base_url}/accounts/{other.account_id}/workflows/{WF}/instances/i"
         home.inject(Fault.http(status, body=b"", headers={"Location": target}))
-        async with aiohttp.ClientSession() as http, WorkflowsSession(
-            account_id=home.account_id, base_url=home_url, http_session=http,
-            rate_limit=None, **creds,
+        async with aiohttp.ClientSession() as http, home.session(
+            http_session=http, **creds
         ) as session:
             with pytest.raises(APIStatusError) as info:
                 await session.get_instance(WF, "i")
@@ -739,7 +547,7 @@ def _self_signed(tmp: Path) -> tuple[Path, Path] | None:
 
 
 @pytest.mark.anyio
-async def test_tls_is_verified_by_default(tmp_path: Path) -> None:
+async def test_tls_is_verified_by_default(tmp_path: Path, make_session: SessionFactory) -> None:
     import ssl
 
     pair = _self_signed(tmp_path)
@@ -755,9 +563,9 @@ async def test_tls_is_verified_by_default(tmp_path: Path) -> None:
     await site.start()
     port = runner.addresses[0][1]
     try:
-        async with WorkflowsSession(
-            api_token=SECRETS[0], account_id=api.account_id, max_retries=0,
-            base_url=f"https://127.0.0.1:{port}/client/v4", rate_limit=None,
+        async with make_session(
+            f"https://127.0.0.1:{port}{API_PREFIX}", api_token=SECRETS[0],
+            account_id=api.account_id, max_retries=0,
         ) as session:
             with pytest.raises(APIConnectionError) as info:
                 await session.get_instance(WF, "i")
@@ -795,10 +603,7 @@ async def test_debug_log_has_a_line_per_attempt_and_no_secret(
            Fault.http(401), Fault.malformed(), Fault.truncate(0.5), Fault.bad_chunking()]
     errors: list[BaseException] = []
     caplog.set_level(logging.DEBUG)
-    async with api.serve() as base_url, WorkflowsSession(
-        account_id=api.account_id, base_url=base_url, rate_limit=None, timeout=0.3,
-        max_retries=2, **creds,
-    ) as session:
+    async with api, api.session(timeout=0.3, max_retries=2, **creds) as session:
         no_secret(repr(session))
         for fault in mix:
             api.inject(fault)
