@@ -191,6 +191,7 @@ async def test_missing_token_names_the_variable(
     result = await cfwf("describe", WORKFLOW, INSTANCE, "--base-url", base_url, env=env)
     line = assert_clean_error(result, 2)
     assert "CLOUDFLARE_API_TOKEN" in line
+    assert "Workers Scripts Read" in line  # the permission the token needs
     assert fake_api.requests == []
 
 
@@ -207,6 +208,33 @@ async def test_watch_follows_until_complete_then_exits_0(
     assert "complete" in lines[-1]
     assert len(fake_api.requests) == len(states)
     assert all(r.query == {"simple": "true"} for r in fake_api.requests)
+
+
+async def test_watch_timeout_gives_up_with_exit_1_and_the_last_status(
+    fake_api: UnfoldingWorkflowsAPI, base_url: str
+) -> None:
+    # The demo instance stays running: only --timeout ends the watch.
+    result = await cfwf("watch", WORKFLOW, INSTANCE, "--interval", "0.05", "--timeout", "0.3",
+                        "--base-url", base_url, env=child_env(fake_api))
+    assert result.returncode == 1
+    err = result.stderr.decode().strip().splitlines()
+    assert err == ["cfwf: error: timed out after 0.3 s; the instance is still running"]
+    lines = result.stdout.decode().splitlines()
+    assert len(lines) == 1  # off a terminal, a line only when something changes
+    assert "running" in lines[0]
+    assert len(fake_api.requests) >= 2
+    assert all(r.query == {"simple": "true"} for r in fake_api.requests)
+
+
+async def test_missing_account_names_the_option_and_variable(
+    fake_api: UnfoldingWorkflowsAPI, base_url: str
+) -> None:
+    env = child_env(None, CLOUDFLARE_API_TOKEN=fake_api.api_token)
+    result = await cfwf("list", WORKFLOW, "--base-url", base_url, env=env)
+    line = assert_clean_error(result, 2)
+    assert "--account-id" in line
+    assert "CLOUDFLARE_ACCOUNT_ID" in line
+    assert fake_api.requests == []
 
 
 async def test_watch_exits_1_when_errored(
