@@ -20,14 +20,17 @@ import anyio
 import msgspec
 import pytest
 
-from cfwf_async._demo import (
+from cfwf_async.cli._console import Console
+from cfwf_async.cli._demo import (
     INSTANCE,
     WORKFLOW,
     UnfoldingWorkflowsAPI,
     demo_instance_states,
     fill_demo_api,
 )
-from cfwf_async.cli import Console, parse_duration, render_describe, render_timeline
+from cfwf_async.cli._describe import render_describe
+from cfwf_async.cli._steplog_moved import parse_duration
+from cfwf_async.cli._timeline import render_timeline
 from cfwf_async.models import Instance
 from cfwf_async.testing import FakeWorkflowsAPI
 
@@ -188,6 +191,7 @@ async def test_missing_token_names_the_variable(
     result = await cfwf("describe", WORKFLOW, INSTANCE, "--base-url", base_url, env=env)
     line = assert_clean_error(result, 2)
     assert "CLOUDFLARE_API_TOKEN" in line
+    assert "Workers Scripts Read" in line  # the permission the token needs
     assert fake_api.requests == []
 
 
@@ -204,6 +208,33 @@ async def test_watch_follows_until_complete_then_exits_0(
     assert "complete" in lines[-1]
     assert len(fake_api.requests) == len(states)
     assert all(r.query == {"simple": "true"} for r in fake_api.requests)
+
+
+async def test_watch_timeout_gives_up_with_exit_1_and_the_last_status(
+    fake_api: UnfoldingWorkflowsAPI, base_url: str
+) -> None:
+    # The demo instance stays running: only --timeout ends the watch.
+    result = await cfwf("watch", WORKFLOW, INSTANCE, "--interval", "0.05", "--timeout", "0.3",
+                        "--base-url", base_url, env=child_env(fake_api))
+    assert result.returncode == 1
+    err = result.stderr.decode().strip().splitlines()
+    assert err == ["cfwf: error: timed out after 0.3 s; the instance is still running"]
+    lines = result.stdout.decode().splitlines()
+    assert len(lines) == 1  # off a terminal, a line only when something changes
+    assert "running" in lines[0]
+    assert len(fake_api.requests) >= 2
+    assert all(r.query == {"simple": "true"} for r in fake_api.requests)
+
+
+async def test_missing_account_names_the_option_and_variable(
+    fake_api: UnfoldingWorkflowsAPI, base_url: str
+) -> None:
+    env = child_env(None, CLOUDFLARE_API_TOKEN=fake_api.api_token)
+    result = await cfwf("list", WORKFLOW, "--base-url", base_url, env=env)
+    line = assert_clean_error(result, 2)
+    assert "--account-id" in line
+    assert "CLOUDFLARE_ACCOUNT_ID" in line
+    assert fake_api.requests == []
 
 
 async def test_watch_exits_1_when_errored(
@@ -365,16 +396,6 @@ def test_next_retry_is_last_attempt_end_plus_delay_or_dynamic() -> None:
     assert f"next retry: ≈ {end:%H:%M:%S}." in out
 
 
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [(1000, 1.0), (30000, 30.0), ("10 seconds", 10.0), ("1 second", 1.0),
-     ("5 minutes", 300.0), ("2 hours", 7200.0), ("1 day", 86400.0), ("250", 0.25),
-     ("[dynamic]", None), ("soon", None), (None, None), (True, None)],
-)
-def test_parse_duration(value: object, seconds: float | None) -> None:
-    assert parse_duration(value) == seconds
-
-
 def test_timeline_marks_slow_step_and_retries() -> None:
     now = datetime(2026, 10, 30, 8, 10, tzinfo=UTC)
     inst = msgspec.convert(demo_instance_states(now)[3], Instance)  # complete
@@ -384,3 +405,16 @@ def test_timeline_marks_slow_step_and_retries() -> None:
     assert bars["charge card-1"].count("▓") == 2  # two failed attempts
     assert "·" in bars["charge card-1"]  # the waits between them
     assert set(bars["settle-1"].strip()) == {"░"}
+
+
+# steplog tests (moved to tests/test_steplog.py at merge)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(1000, 1.0), (30000, 30.0), ("10 seconds", 10.0), ("1 second", 1.0),
+     ("5 minutes", 300.0), ("2 hours", 7200.0), ("1 day", 86400.0), ("250", 0.25),
+     ("[dynamic]", None), ("soon", None), (None, None), (True, None)],
+)
+def test_parse_duration(value: object, seconds: float | None) -> None:
+    assert parse_duration(value) == seconds

@@ -16,16 +16,15 @@ import tempfile
 from collections import deque
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import anyio
 from aiohttp import web
 
-from .session import WorkflowsSession
-from .testing import FakeWorkflowsAPI, StreamBody
-
-if TYPE_CHECKING:
-    from .cli import Console
+from ..session import WorkflowsSession
+from ..testing import FakeWorkflowsAPI, StreamBody
+from ._console import Console
+from ._parser import build_parser
 
 __all__ = ["UnfoldingWorkflowsAPI", "demo_instance_states", "run_demo"]
 
@@ -92,15 +91,22 @@ def ledger_body(size: int = STREAM_SIZE) -> StreamBody:
     return StreamBody.repeat(size, chunk_size=64 * 1024, fill=_csv_block())
 
 
-def demo_instance_states(now: datetime) -> list[dict[str, Any]]:
-    """The demo instance, running at ``now``, then three later states up to complete."""
-    base = now - timedelta(minutes=4, seconds=30)
+_DEFAULT_RETRIES: Final = {"delay": "10 seconds", "limit": 5, "backoff": "exponential"}
 
-    def at(seconds: float) -> str:
-        return _iso(base + timedelta(seconds=seconds))
 
-    def ok_step(name: str, start: float, end: float, output: Any, config: dict[str, Any],
-                ) -> dict[str, Any]:
+class _Timeline:
+    """Timestamps ``seconds`` after the demo instance started, 4m30s before ``now``."""
+
+    def __init__(self, now: datetime) -> None:
+        self._base = now - timedelta(minutes=4, seconds=30)
+
+    def at(self, seconds: float) -> str:
+        return _iso(self._base + timedelta(seconds=seconds))
+
+    def ok_step(self, name: str, start: float, end: float, output: Any,
+                config: dict[str, Any]) -> dict[str, Any]:
+        """A step.do that succeeded at its first attempt."""
+        at = self.at
         step = {
             "type": "step", "name": name, "start": at(start), "end": at(end), "success": True,
             "attempts": [{"start": at(start), "end": at(end), "error": None, "success": True}],
@@ -110,12 +116,15 @@ def demo_instance_states(now: datetime) -> list[dict[str, Any]]:
             step["output"] = output
         return step
 
-    default_retries = {"delay": "10 seconds", "limit": 5, "backoff": "exponential"}
+
+def _running_steps(t: _Timeline) -> list[dict[str, Any]]:
+    """The step log while the instance runs: the last step waits to retry."""
+    at = t.at
     gateway = {"name": "Error", "message": "payment gateway timed out (HTTP 504)"}
     smtp = {"name": "Error", "message": "SMTP 451 4.7.1 greylisted, try again later"}
-    steps: list[dict[str, Any]] = [
-        ok_step("load order-1", 0.5, 1.9, '{"id":"o-7f3a9c","items":3,"total":129.5}',
-                {"retries": default_retries, "timeout": "10 minutes"}),
+    return [
+        t.ok_step("load order-1", 0.5, 1.9, '{"id":"o-7f3a9c","items":3,"total":129.5}',
+                  {"retries": _DEFAULT_RETRIES, "timeout": "10 minutes"}),
         {"type": "sleep", "name": "settle-1", "start": at(2.0), "end": at(32.0),
          "finished": True, "error": None},
         {"type": "waitForEvent", "name": "payment approved-1", "start": at(32.1),
@@ -130,15 +139,22 @@ def demo_instance_states(now: datetime) -> list[dict[str, Any]]:
          ],
          "config": {"retries": {"delay": "[dynamic]", "limit": 3}, "timeout": 30000,
                     "sensitive": "output"}},
-        ok_step(STREAM_STEP, 133.1, 258.0, None,
-                {"retries": {"delay": 1000, "limit": 2, "backoff": "constant"},
-                 "timeout": "5 minutes"}),
+        t.ok_step(STREAM_STEP, 133.1, 258.0, None,
+                  {"retries": {"delay": 1000, "limit": 2, "backoff": "constant"},
+                   "timeout": "5 minutes"}),
         {"type": "step", "name": "notify customer-1", "start": at(258.1), "end": None,
          "success": None, "output": None,
          "attempts": [{"start": at(258.1), "end": at(259.3), "error": smtp, "success": False}],
          "config": {"retries": {"delay": "15 seconds", "limit": 5, "backoff": "constant"},
                     "timeout": "1 minute"}},
     ]
+
+
+def demo_instance_states(now: datetime) -> list[dict[str, Any]]:
+    """The demo instance, running at ``now``, then three later states up to complete."""
+    t = _Timeline(now)
+    at = t.at
+    steps = _running_steps(t)
     running: dict[str, Any] = {
         "status": "running", "queued": at(-0.35), "start": at(0.0), "end": None,
         "error": None, "output": None,
@@ -154,8 +170,8 @@ def demo_instance_states(now: datetime) -> list[dict[str, Any]]:
         *steps[-1]["attempts"], {"start": at(274.3), "end": at(274.9), "error": None,
                                  "success": True}
     ])
-    audit = ok_step("write audit log-1", 275.0, 275.4, "null",
-                    {"retries": default_retries, "timeout": "10 minutes"})
+    audit = t.ok_step("write audit log-1", 275.0, 275.4, "null",
+                      {"retries": _DEFAULT_RETRIES, "timeout": "10 minutes"})
     s1 = dict(running, steps=[*steps[:-1], retry_running])
     s2_steps = [*steps[:-1], retry_ok, dict(audit, end=None, success=None, attempts=[
         {"start": at(275.0), "end": None, "error": None, "success": None}])]
@@ -200,8 +216,6 @@ def fill_demo_api(api: FakeWorkflowsAPI, now: datetime) -> list[dict[str, Any]]:
 
 async def run_demo(console: Console, *, watch_interval: float = 0.25) -> int:
     """Serve the fake API on loopback and run each command against it; 0 when all passed."""
-    from .cli import build_parser
-
     api = UnfoldingWorkflowsAPI()
     states = fill_demo_api(api, datetime.now(UTC))
     parser = build_parser()

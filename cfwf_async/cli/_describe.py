@@ -1,0 +1,268 @@
+"""``cfwf describe``: an instance's summary, every step, and a timeline (or its JSON)."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from .. import _protocol as proto
+from ..models import (
+    Attempt,
+    Instance,
+    SleepStep,
+    Step,
+    StepRun,
+    TerminationStep,
+    UnknownStep,
+    WaitForEventStep,
+)
+from ..session import WorkflowsSession
+from ._console import EXIT_OK, Console, safe
+from ._format import format_clock, format_error, format_seconds, format_time, json_text, one_line
+from ._steplog_moved import (
+    describe_duration,
+    last_successful_step,
+    next_retry,
+    step_bounds,
+    step_state,
+)
+from ._timeline import render_timeline
+
+__all__ = ["cmd_describe", "fetch_instance_result", "render_describe"]
+
+
+def render_describe(
+    console: Console,
+    workflow: str,
+    instance_id: str,
+    inst: Instance,
+    *,
+    order: str = "asc",
+    show_output: bool = True,
+    truncate: int = 200,
+    now: datetime | None = None,
+) -> list[str]:
+    """The lines ``cfwf describe`` prints: summary, steps and timeline."""
+    now = now or datetime.now(UTC)
+    lines = _summary(console, workflow, instance_id, inst, show_output, truncate, now)
+    if not inst.steps:
+        return lines
+    lines.append("")
+    lines.extend(_step_table(console, inst, order, show_output, truncate, now))
+    lines.append("")
+    lines.extend(render_timeline(console, inst, now=now))
+    return lines
+
+
+def _summary(console: Console, workflow: str, instance_id: str, inst: Instance,
+             show_output: bool, truncate: int, now: datetime) -> list[str]:
+    """The title line and the instance's fields, one per line."""
+    p = console.paint
+    g = console.glyphs
+    lines = [f"{p(workflow, 'bold')} / {p(instance_id, 'bold')}  {console.status(inst.status)}"]
+
+    def field_line(label: str, value: str) -> None:
+        lines.append(f"  {p(label.ljust(14), 'dim')}{value}")
+
+    field_line("trigger", safe(inst.trigger.source) if inst.trigger else "-")
+    if inst.schedule is not None and inst.schedule.cron:
+        field_line("schedule", safe(inst.schedule.cron))
+    field_line("version", safe(inst.version_id or "-"))
+    field_line("queued", format_time(inst.queued))
+    started = format_time(inst.start)
+    if inst.start is not None and inst.queued is not None:
+        started += p(f"  ({format_seconds((inst.start - inst.queued).total_seconds())} queued)",
+                     "dim")
+    field_line("started", started)
+    field_line("ended", format_time(inst.end))
+    if inst.start is not None:
+        span = format_seconds(((inst.end or now) - inst.start).total_seconds())
+        field_line("duration", span if inst.end else f"{span} so far")
+    else:
+        field_line("duration", "-")
+    last_ok = last_successful_step(inst.steps)
+    field_line("last ok step", safe(last_ok.name) if last_ok is not None else "-")
+    if inst.error is not None:
+        field_line("error", p(format_error(inst.error), "red"))
+    if inst.rollback is not None:
+        field_line("rollback", safe(inst.rollback.outcome or "-")
+                   + (f" ({format_error(inst.rollback.error)})" if inst.rollback.error else ""))
+    if show_output:
+        field_line("params", one_line(inst.params, truncate, g.ellipsis))
+        if inst.output not in (None, ""):
+            field_line("output", one_line(inst.output, truncate, g.ellipsis))
+    count = inst.step_count if inst.step_count is not None else len(inst.steps)
+    field_line("steps", str(count))
+    return lines
+
+
+def _step_row(number: int, step: Step, now: datetime, day: datetime | None) -> list[str]:
+    start, stop = step_bounds(step, now)
+    dur = format_seconds((stop - start).total_seconds()) if start and stop else "-"
+    attempts = ""
+    if isinstance(step, StepRun):
+        limit = step.config.retries.limit if step.config and step.config.retries else None
+        attempts = str(len(step.attempts))
+        if limit is not None:
+            attempts += f"/{limit + 1}"
+    name = step.name
+    if isinstance(step, TerminationStep):
+        name = f"(by {step.trigger.source if step.trigger else 'unknown'})"
+    return [str(number), safe(step.type), safe(name), step_state(step),
+            format_clock(start, day_of=day), dur, attempts]
+
+
+def _step_table(console: Console, inst: Instance, order: str, show_output: bool,
+                truncate: int, now: datetime) -> list[str]:
+    """The step table, each step followed by its attempts, config and output."""
+    p = console.paint
+    lines = [p("Steps", "bold") + p(" (newest first)" if order == "desc" else "", "dim")]
+    total = len(inst.steps)
+    day = inst.start or inst.queued
+    numbers = [total - i if order == "desc" else i + 1 for i in range(total)]
+    rows = [_step_row(n, s, now, day) for n, s in zip(numbers, inst.steps, strict=True)]
+    header = ["#", "TYPE", "NAME", "STATE", "START", "DURATION", "ATTEMPTS"]
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
+    indent = " " * (widths[0] + widths[1] + 6)
+    heads = (p(h.ljust(w), "bold") for h, w in zip(header, widths, strict=True))
+    lines.append(("  " + "  ".join(heads)).rstrip())
+    for row, step in zip(rows, inst.steps, strict=True):
+        cells = [c.ljust(w) for c, w in zip(row, widths, strict=True)]
+        cells[3] = console.status(row[3], width=widths[3])
+        lines.append("  " + "  ".join(cells).rstrip())
+        details = _step_details(console, step, show_output, truncate, now, day)
+        lines.extend(indent + d for d in details)
+    return lines
+
+
+def _step_details(console: Console, step: Step, show_output: bool, truncate: int,
+                  now: datetime, day: datetime | None) -> list[str]:
+    p = console.paint
+    g = console.glyphs
+    out: list[str] = []
+    if isinstance(step, StepRun):
+        out.extend(_run_details(console, step, now, day))
+        if show_output and step.output is not None:
+            out.append("output: " + _output_text(step.output, truncate, g.ellipsis))
+    elif isinstance(step, WaitForEventStep):
+        if step.event_type:
+            out.append(p(f"event: {step.event_type}", "dim"))
+        if step.error is not None:
+            out.append(p(f"error: {format_error(step.error)}", "red"))
+        if show_output and step.output is not None:
+            out.append("output: " + _output_text(step.output, truncate, g.ellipsis))
+    elif isinstance(step, SleepStep):
+        if step.error is not None:
+            out.append(p(f"error: {format_error(step.error)}", "red"))
+    elif isinstance(step, UnknownStep):
+        out.append(p(f"(a step type this cfwf does not know: {one_line(step.fields, truncate)})",
+                     "dim"))
+    return out
+
+
+def _run_details(console: Console, step: StepRun, now: datetime,
+                 day: datetime | None) -> list[str]:
+    """A step.do's attempts (when there is more to say than one success), config, retry."""
+    p = console.paint
+    out: list[str] = []
+    if len(step.attempts) > 1 or any(a.error for a in step.attempts):
+        out.extend(_attempt_line(console, i, a, now, day)
+                   for i, a in enumerate(step.attempts, 1))
+    cfg = step.config
+    if cfg is not None:
+        parts = []
+        r = cfg.retries
+        if r is not None:
+            retry = f"retries {r.limit if r.limit is not None else '?'}"
+            if r.delay is not None:
+                retry += f", delay {describe_duration(r.delay)}"
+            if r.backoff:
+                retry += f" {r.backoff}"
+            parts.append(retry)
+        if cfg.timeout is not None:
+            parts.append(f"timeout {describe_duration(cfg.timeout)}")
+        if cfg.sensitive:
+            parts.append(f"sensitive {cfg.sensitive}")
+        if parts:
+            out.append(p("config: " + "; ".join(parts), "dim"))
+    nxt = next_retry(step)
+    if nxt is not None and nxt.dynamic:
+        out.append(p("next retry: dynamic (the workflow computes the delay)", "yellow"))
+    elif nxt is not None and nxt.at is not None:
+        left = (nxt.at - now).total_seconds()
+        when = f"in {format_seconds(left)}" if left >= 0 else f"{format_seconds(-left)} ago"
+        approx = console.glyphs.approx if nxt.estimate else ""
+        out.append(p(f"next retry: {approx}{format_clock(nxt.at, day_of=day)} ({when})",
+                     "yellow"))
+    return out
+
+
+def _attempt_line(console: Console, n: int, a: Attempt, now: datetime,
+                  day: datetime | None) -> str:
+    p = console.paint
+    dur = "-"
+    if a.start is not None:
+        dur = format_seconds(((a.end or now) - a.start).total_seconds())
+    if a.success is True:
+        result = p("ok", "green")
+    elif a.error is not None or a.success is False:
+        result = p(f"failed: {format_error(a.error)}", "red")
+    else:
+        result = p("running", "yellow")
+    return f"attempt {n}  {format_clock(a.start, day_of=day)}  {dur:>7}  {result}"
+
+
+def _output_text(output: Any, truncate: int, ellipsis: str) -> str:
+    text = one_line(output, truncate, ellipsis)
+    if output == "[REDACTED]":
+        text += " (sensitive: redacted by Cloudflare)"
+    return text
+
+
+class _ResultOnly(msgspec.Struct):
+    result: msgspec.Raw
+
+
+async def fetch_instance_result(session: WorkflowsSession, workflow: str, instance_id: str,
+                                *, order: str) -> bytes:
+    """The API's own ``result`` object for an instance, byte for byte.
+
+    ``describe --json`` prints this rather than re-encoding the decoded
+    :class:`Instance`, which drops null fields and fields this version does not know.
+    The body is still decoded as an instance first, so a broken answer fails exactly
+    as ``get_instance`` would. The SDK has no public call for the raw body, so this goes
+    through the session's own request path (limiter, retries, error mapping).
+    """
+    account = session._account(None)
+    proto.check_workflow_name(workflow)
+    proto.check_instance_id(instance_id)
+    query = {"order": proto.check_choice("order", order, proto.ORDERS)}
+    path = proto.instance_path(account, workflow, instance_id)
+
+    async def decode(resp: aiohttp.ClientResponse, ray: str | None) -> bytes:
+        body = await resp.read()
+        proto.decode_instance(body, status=resp.status, cf_ray=ray)
+        return bytes(msgspec.json.decode(body, type=_ResultOnly).result)
+
+    return await session._call(path, query, decode)
+
+
+async def cmd_describe(session: WorkflowsSession, args: argparse.Namespace,
+                       console: Console) -> int:
+    """``cfwf describe``: summary, steps and timeline of one instance (or its JSON)."""
+    if args.json:
+        result = await fetch_instance_result(session, args.workflow, args.instance,
+                                             order=args.order)
+        console.stdout.write(json_text(result, indent=2) + "\n")
+        return EXIT_OK
+    inst = await session.get_instance(args.workflow, args.instance, order=args.order)
+    for line in render_describe(
+        console, args.workflow, args.instance, inst, order=args.order,
+        show_output=not args.no_step_output, truncate=args.truncate,
+    ):
+        console.print(line)
+    return EXIT_OK

@@ -1,0 +1,92 @@
+"""``cfwf list``: a workflow's instances, as a table or JSON lines."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from ..models import TERMINAL_STATUSES, InstanceSummary
+from ..session import WorkflowsSession
+from ._console import EXIT_OK, Console
+from ._format import Style, format_seconds, format_time, json_text, table
+
+__all__ = ["cmd_list", "parse_timestamp"]
+
+_HEADERS = ("ID", "STATUS", "CREATED", "STARTED", "ENDED", "DURATION")
+
+
+def parse_timestamp(text: str) -> datetime:
+    """An ISO 8601 date or date-time (``--since``, ``--until``); no zone means UTC."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 date or date-time: {text!r} (e.g. 2026-10-26 or "
+            "2026-10-26T08:00:00Z)"
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _query(args: argparse.Namespace) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if args.status is not None:
+        kwargs["status"] = args.status
+    if args.since is not None:
+        kwargs["date_start"] = args.since
+    if args.until is not None:
+        kwargs["date_end"] = args.until
+    if args.limit is not None:
+        # Ask for no more than we will show, so --limit 5 is one small request.
+        kwargs["per_page"] = min(args.limit, 100)
+    return kwargs
+
+
+def _row(summary: InstanceSummary, now: datetime) -> list[str]:
+    if summary.started_on is not None:
+        end = summary.ended_on or now
+        dur = format_seconds((end - summary.started_on).total_seconds())
+        if summary.ended_on is None and summary.status not in TERMINAL_STATUSES:
+            dur += " so far"
+    else:
+        dur = "-"
+    return [summary.id, summary.status,
+            format_time(summary.created_on, millis=False),
+            format_time(summary.started_on, millis=False),
+            format_time(summary.ended_on, millis=False), dur]
+
+
+async def cmd_list(session: WorkflowsSession, args: argparse.Namespace,
+                   console: Console) -> int:
+    """``cfwf list``: a workflow's instances as a table or JSON lines."""
+    limit: int | None = args.limit
+    listing = session.list_instances(args.workflow, **_query(args))
+    rows: list[list[str]] = []
+    count = 0
+    now = datetime.now(UTC)
+    try:
+        async for summary in listing:
+            count += 1
+            if args.json:
+                console.stdout.write(json_text(msgspec.json.encode(summary)) + "\n")
+            else:
+                rows.append(_row(summary, now))
+            if limit is not None and count >= limit:
+                break
+    finally:
+        aclose: Callable[[], Awaitable[None]] | None = getattr(listing, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    if args.json:
+        return EXIT_OK
+    if not rows:
+        console.note("no instances")
+        return EXIT_OK
+    styles: list[Style | None] = [None] * len(_HEADERS)
+    styles[1] = lambda cell, w: console.status(cell, width=w)
+    for line in table(console, _HEADERS, rows, styles):
+        console.print(line)
+    return EXIT_OK
