@@ -138,18 +138,17 @@ def encode_answer(value: CacheValue) -> bytes | None:
     decoded from. A hand-made ``UnknownStep`` that a decode would not reproduce (its
     fields name a known type, say) makes the answer uncacheable instead of wrong.
     """
-    if isinstance(value, Instance):
-        if any(isinstance(s, UnknownStep) for s in value.steps):
-            wire = msgspec.structs.replace(
-                value,
-                steps=[s.fields if isinstance(s, UnknownStep) else s for s in value.steps],
-            )
-            body = _encoder.encode(Envelope(result=wire))
-            try:
-                faithful = proto.decode_instance(body) == value
-            except Exception:
-                faithful = False
-            return body if faithful else None
+    if isinstance(value, Instance) and any(isinstance(s, UnknownStep) for s in value.steps):
+        wire = msgspec.structs.replace(
+            value,
+            steps=[s.fields if isinstance(s, UnknownStep) else s for s in value.steps],
+        )
+        body = _encoder.encode(Envelope(result=wire))
+        try:
+            faithful = proto.decode_instance(body) == value
+        except Exception:
+            faithful = False
+        return body if faithful else None
     try:
         return _encoder.encode(Envelope(result=value))
     except (TypeError, ValueError, OverflowError):
