@@ -9,7 +9,6 @@ import itertools
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -651,7 +650,7 @@ def test_stream_file_names_are_short_unique_and_plain(a: str, b: str, wait: bool
     second = stream_filename(StepRef(b))
     for name in (first, second):
         assert len(name.encode()) <= 255
-        assert "/" not in name and "\\" not in name and "\0" not in name
+        assert not set(name) & {"/", "\\", "\0"}
         assert not name.startswith(".")
         assert name.isascii()
     assert (first == second) == (a == b and not wait)
@@ -663,7 +662,8 @@ def test_stream_file_names_are_short_unique_and_plain(a: str, b: str, wait: bool
 def test_a_cut_name_cannot_equal_a_whole_one() -> None:
     cut = stream_filename(StepRef("x" * 300))
     stem, digest, suffix = cut.split(".")
-    assert suffix == "bin" and len(digest) == 16
+    assert suffix == "bin"
+    assert len(digest) == 16
     # A step literally named like the cut name encodes its dot, so it differs.
     assert stream_filename(StepRef(f"{stem}.{digest}")) != cut
 
