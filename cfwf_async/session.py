@@ -439,10 +439,12 @@ class WorkflowsSession:
 
         Streamed outputs are never held open or buffered without a bound:
         ``stream_dir`` saves each to ``<stream_dir>/<encoded step name>.bin`` (created
-        if missing); ``max_stream_bytes`` alone reads each into memory up to that cap
-        (and caps the saved files when given with ``stream_dir``). A streamed output
-        over the cap, or any streamed output when neither is given, is an
-        :class:`OutputTooLargeError` result for that step::
+        if missing; a name over 240 bytes is cut and gets a hash, and a step listed
+        twice is fetched once, both results sharing it); ``max_stream_bytes`` alone
+        reads each into memory up to that cap (and caps the saved files when given
+        with ``stream_dir``). A streamed output over the cap, or any streamed output
+        when neither is given, is an :class:`OutputTooLargeError` result for that
+        step::
 
             async with session.get_step_outputs("etl", "run-7", stream_dir="out") as batch:
                 async for result in batch:
