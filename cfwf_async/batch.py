@@ -1,86 +1,124 @@
 """Batch fetching: many instances, or every step output of an instance, concurrently.
 
 A :class:`Batch` runs a fixed pool of ``concurrency`` workers inside an anyio task
-group and hands results over as they complete, one :class:`BatchResult` per input,
-each holding the value or the exception for that input. A failure never cancels the
-rest, and no input is ever dropped. Every request still goes through the session's
-limiter and retry policy, so a batch of thousands stays within Cloudflare's quota.
+group and hands results over as they complete, one result per input: a
+:class:`BatchSuccess` holding the value or a :class:`BatchFailure` holding the
+exception. A failure never cancels the rest, and no input is ever dropped. Every
+request still goes through the session's limiter and retry policy, so a batch of
+thousands stays within Cloudflare's quota.
 
 A batch is an async context manager: the workers live exactly as long as the
 ``async with`` block, so leaving it early (``break``, an exception, cancellation)
-cancels the outstanding requests and releases their connections::
+cancels the outstanding requests and releases their connections. ``result.ok`` is a
+literal ``True`` or ``False``, so a type checker narrows the result on it::
 
     async with session.get_instances("checkout", ids, concurrency=16) as batch:
         async for result in batch:
             if result.ok:
-                print(result.key, result.unwrap().status)
+                print(result.key, result.value.status)
             else:
-                print(result.key, "failed:", result.error)
+                print(result.key, "failed:", result.error.args)
 
-The session methods :meth:`~cfwf_async.WorkflowsSession.get_instances` and
-:meth:`~cfwf_async.WorkflowsSession.get_step_outputs` build batches; this module
-holds the machinery and the result types.
+This module knows nothing of the session: the builders take the calls to make
+(``fetch_instance``, ``fetch_output``, ``fetch_log``) as callables, and
+:meth:`~cfwf_async.WorkflowsSession.get_instances` and
+:meth:`~cfwf_async.WorkflowsSession.get_step_outputs` pass their own.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Generic, TypeVar
+from typing import Final, Generic, Literal, NoReturn, Self, TypeVar, Union
 
 import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import _protocol as proto
+from ._resource import AsyncResource
 from .errors import OutputTooLargeError
-from .models import StepOutput, StepRun, WaitForEventStep
+from .models import Instance, StepOutput, StepRun, WaitForEventStep
 from .streaming import StepStream
 
-if TYPE_CHECKING:
-    from .models import Instance
-    from .session import WorkflowsSession
-
-__all__ = ["Batch", "BatchProgress", "BatchResult", "StepRef", "StreamedOutput"]
+__all__ = [
+    "Batch",
+    "BatchFailure",
+    "BatchProgress",
+    "BatchResult",
+    "BatchSuccess",
+    "StepRef",
+    "StreamedOutput",
+]
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 _STREAM_SUFFIX: Final = ".bin"
+#: Longest file name written under ``stream_dir``, in bytes. File systems allow 255;
+#: the rest is left for a suffix another tool may add beside it (``.part``, ``~``).
+_STREAM_NAME_MAX: Final = 240
+#: Hex digits of the hash that keeps a shortened stream file name unique.
+_NAME_HASH_HEX: Final = 16
+
+
+# ---------------------------------------------------------------------------
+# Results
 
 
 @dataclass(frozen=True, slots=True)
-class BatchResult(Generic[K, V]):
-    """The outcome for one input of a batch: its ``key`` and a value or an error.
+class BatchSuccess(Generic[K, V]):
+    """The outcome for one input whose fetch succeeded: its ``key`` and its ``value``.
 
-    ``key`` is the input (an instance id, a :class:`StepRef`). Exactly one of ``value``
-    and ``error`` is meaningful: ``ok`` tells which. ``error`` is the exception the
-    fetch raised, usually a :class:`~cfwf_async.WorkflowsError` such as
-    :class:`~cfwf_async.NotFoundError`::
-
-        if result.ok:
-            inst = result.unwrap()
-        elif isinstance(result.error, NotFoundError):
-            missing.append(result.key)
+    ``ok`` is always ``True`` and ``error`` always ``None``; they are there so code
+    can test any result the same way, and so a type checker narrows on ``result.ok``.
     """
 
     key: K
-    value: V | None = None
-    error: Exception | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when the fetch succeeded (``error`` is None)."""
-        return self.error is None
+    value: V
+    ok: Literal[True] = field(default=True, init=False, repr=False)
+    error: None = field(default=None, init=False, repr=False)
 
     def unwrap(self) -> V:
-        """The value; raises the stored error when the fetch failed."""
-        if self.error is not None:
-            raise self.error
-        return self.value  # type: ignore[return-value]
+        """The value."""
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class BatchFailure(Generic[K]):
+    """The outcome for one input whose fetch failed: its ``key`` and its ``error``.
+
+    ``error`` is the exception the fetch raised, usually a
+    :class:`~cfwf_async.WorkflowsError` such as :class:`~cfwf_async.NotFoundError`.
+    ``ok`` is always ``False`` and ``value`` always ``None``.
+    """
+
+    key: K
+    error: Exception
+    ok: Literal[False] = field(default=False, init=False, repr=False)
+    value: None = field(default=None, init=False, repr=False)
+
+    def unwrap(self) -> NoReturn:
+        """Raise the stored error."""
+        raise self.error
+
+
+#: The outcome for one input of a batch: ``BatchResult[K, V]`` is
+#: ``BatchSuccess[K, V] | BatchFailure[K]``. Test ``result.ok`` (a type checker then
+#: knows which), or ``match`` on the two classes::
+#:
+#:     match result:
+#:         case BatchSuccess(key, inst):
+#:             print(key, inst.status)
+#:         case BatchFailure(key, NotFoundError()):
+#:             missing.append(key)
+BatchResult = Union[BatchSuccess[K, V], BatchFailure[K]]  # noqa: UP007 - a generic alias
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,12 +170,16 @@ class StreamedOutput:
 ProgressHook = Callable[[BatchProgress], object]
 
 
-class Batch(Generic[K, V]):
+# ---------------------------------------------------------------------------
+# The batch
+
+
+class Batch(AsyncResource, Generic[K, V]):
     """Results of a concurrent fetch, delivered as they complete.
 
     Use it as ``async with batch: async for result in batch``: entering starts at most
     ``concurrency`` workers (never one task per input, so a million ids cost
-    ``concurrency`` tasks), iterating yields one :class:`BatchResult` per input in
+    ``concurrency`` tasks), iterating yields one :data:`BatchResult` per input in
     completion order, and leaving the block cancels whatever is still running. At
     most ``2 * concurrency`` finished results wait for the caller (a buffer of
     ``concurrency``, plus one per worker), so a slow consumer slows the workers down
@@ -180,7 +222,7 @@ class Batch(Generic[K, V]):
         """The counts so far (``total`` is 0 until the inputs are known)."""
         return BatchProgress(self._done, self._failed, self.total or 0)
 
-    async def __aenter__(self) -> Batch[K, V]:
+    async def __aenter__(self) -> Self:
         if self._entered:
             raise RuntimeError("a Batch runs once; build a new one to fetch again")
         self._entered = True
@@ -205,23 +247,36 @@ class Batch(Generic[K, V]):
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
+    ) -> None:
+        # The block's own exception goes to the task group, which must see a
+        # cancellation leave through it; an ordinary error stays the caller's.
+        if isinstance(exc, Exception):
+            await self._stop(None, None, None)
+        else:
+            await self._stop(exc_type, exc, tb)
+
+    async def aclose(self) -> None:
+        """Cancel whatever is still running and wait for the workers to unwind."""
+        await self._stop(None, None, None)
+
+    async def _stop(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         task_group, self._task_group = self._task_group, None
         if task_group is None:
-            return None
+            return
         # Whatever is still running is no longer wanted: cancel it, then wait for the
-        # workers to unwind (their connections are released on the way out).
+        # workers to unwind (their connections are released on the way out). The
+        # workers never raise, so the task group adds no error of its own.
         task_group.cancel_scope.cancel()
         if self._receive is not None:
             self._receive.close()
-        if isinstance(exc, Exception):
-            # The caller's own error: let it propagate as itself, not wrapped in an
-            # ExceptionGroup by the task group (the workers never raise).
-            await task_group.__aexit__(None, None, None)
-            return False
-        return await task_group.__aexit__(exc_type, exc, tb)
+        await task_group.__aexit__(exc_type, exc, tb)
 
-    def __aiter__(self) -> Batch[K, V]:
+    def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> BatchResult[K, V]:
@@ -235,7 +290,7 @@ class Batch(Generic[K, V]):
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             raise StopAsyncIteration from None
         self._done += 1
-        if result.error is not None:
+        if not result.ok:
             self._failed += 1
         self._report()
         return result
@@ -254,14 +309,51 @@ class Batch(Generic[K, V]):
                     value = await self._fetch(key)
                 except Exception as exc:
                     # One input's failure is that input's result, never the batch's.
-                    result: BatchResult[K, V] = BatchResult(key, error=exc)
+                    result: BatchResult[K, V] = BatchFailure(key, exc)
                 else:
-                    result = BatchResult(key, value)
+                    result = BatchSuccess(key, value)
                 await send.send(result)
 
 
+class _FetchOnce(Generic[K, V]):
+    """Fetches each distinct key once; every occurrence of a repeated key shares it.
+
+    A step listed twice must not be fetched twice: both downloads would go to one
+    ``stream_dir`` file, and two answers may differ (a step retried in between), so a
+    result could point at bytes that are not its own. An outcome is kept only until
+    the last occurrence of its key has taken it.
+    """
+
+    def __init__(self, fetch: Callable[[K], Awaitable[V]], keys: Sequence[K]) -> None:
+        self._fetch = fetch
+        self._left = Counter(keys)
+        self._ready: dict[K, anyio.Event] = {}
+        self._outcomes: dict[K, tuple[V] | Exception] = {}
+
+    async def __call__(self, key: K) -> V:
+        ready = self._ready.get(key)
+        if ready is None:
+            ready = self._ready[key] = anyio.Event()
+            try:
+                self._outcomes[key] = (await self._fetch(key),)
+            except Exception as exc:
+                self._outcomes[key] = exc
+            # Not set on cancellation: the waiters belong to the same task group and
+            # are cancelled with it.
+            ready.set()
+        else:
+            await ready.wait()
+        outcome = self._outcomes[key]
+        self._left[key] -= 1
+        if self._left[key] == 0:
+            del self._outcomes[key]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome[0]
+
+
 # ---------------------------------------------------------------------------
-# What the session's batch methods run
+# Arguments of the session's batch methods
 
 
 def check_instance_ids(instance_ids: object) -> list[str]:
@@ -277,6 +369,15 @@ def check_instance_ids(instance_ids: object) -> list[str]:
     return ids
 
 
+def _check_step_name(name: str, value: object) -> str:
+    # A step name travels in the query string, where "." and ".." are ordinary
+    # names; everything else is the path-segment rule (a non-empty str that UTF-8
+    # can carry, so a lone surrogate fails here and not inside a request).
+    if value in (".", ".."):
+        return proto.check_str(name, value)
+    return proto.check_path_segment(name, value, max_len=sys.maxsize)
+
+
 def check_step_refs(steps: object) -> list[StepRef]:
     """Explicit steps for ``get_step_outputs``: ``StepRef`` objects or bare step names."""
     if isinstance(steps, (str, bytes)) or not isinstance(steps, Iterable):
@@ -288,10 +389,33 @@ def check_step_refs(steps: object) -> list[StepRef]:
         ref = StepRef(item) if isinstance(item, str) else item
         if not isinstance(ref, StepRef):
             raise TypeError(f"steps[{i}] must be a StepRef or a str, got {type(item).__name__}")
-        proto.check_str(f"steps[{i}].name", ref.name)
+        _check_step_name(f"steps[{i}].name", ref.name)
         proto.check_choice(f"steps[{i}].type", ref.type, proto.STEP_TYPES)
         refs.append(ref)
     return refs
+
+
+def _check_stream_dir(directory: Path) -> Path:
+    """Refuse a ``stream_dir`` that can never hold a file, before any request.
+
+    Mirrors :func:`cfwf_async._files.check_target` for a directory that is created on
+    demand: it must be a directory already, or its nearest existing ancestor must be
+    one the process may create entries in.
+    """
+    shown = os.fspath(directory)
+    existing = directory
+    while not (existing.exists() or existing.is_symlink()) and existing.parent != existing:
+        existing = existing.parent
+    if existing == directory and not directory.is_dir():
+        raise ValueError(f"stream_dir: {shown!r} exists and is not a directory")
+    if not existing.is_dir():
+        raise ValueError(
+            f"stream_dir: {shown!r} cannot be created: {os.fspath(existing)!r} is not a "
+            "directory"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"stream_dir: {shown!r} cannot be written: permission denied")
+    return directory
 
 
 def check_stream_options(
@@ -304,16 +428,15 @@ def check_stream_options(
             raise TypeError(
                 f"stream_dir must be a str or a path, got {type(stream_dir).__name__}"
             )
-        directory = Path(os.fspath(stream_dir))
-        if directory.exists() and not directory.is_dir():
-            raise ValueError(f"stream_dir is not a directory: {directory}")
-    if max_stream_bytes is not None and (
-        isinstance(max_stream_bytes, bool)
-        or not isinstance(max_stream_bytes, int)
-        or max_stream_bytes < 0
-    ):
-        raise ValueError(f"max_stream_bytes must be an int >= 0 or None, got {max_stream_bytes!r}")
-    return directory, max_stream_bytes
+        directory = _check_stream_dir(Path(os.fspath(stream_dir)))
+    cap: int | None = None
+    if max_stream_bytes is not None:
+        cap = proto.check_int("max_stream_bytes", max_stream_bytes)
+    return directory, cap
+
+
+# ---------------------------------------------------------------------------
+# Step outputs
 
 
 def steps_with_output(instance: Instance) -> list[StepRef]:
@@ -336,12 +459,29 @@ def stream_filename(ref: StepRef) -> str:
     """A file name for a step's streamed output that no step name can escape.
 
     The name is percent-encoded (``/``, ``..`` and ``.`` included), so distinct steps
-    never share a file; ``waitForEvent`` outputs get their type in the name.
+    never share a file and an encoded name never contains a ``.``; ``waitForEvent``
+    outputs get ``.waitForEvent`` before the ``.bin`` suffix. A name is at most
+    ``_STREAM_NAME_MAX`` bytes: a longer one is cut at a character boundary and gets
+    ``.`` and a hash of the whole step name, which no uncut name can look like.
     """
+    suffix = ("" if ref.type == "step" else "." + ref.type) + _STREAM_SUFFIX
     stem = proto.segment(ref.name)
-    if ref.type != "step":
-        stem += "." + ref.type
-    return stem + _STREAM_SUFFIX
+    if len(stem) + len(suffix) <= _STREAM_NAME_MAX:
+        return stem + suffix
+    digest = hashlib.blake2b(
+        ref.name.encode("utf-8", "surrogatepass"), digest_size=_NAME_HASH_HEX // 2
+    ).hexdigest()
+    room = _STREAM_NAME_MAX - len(suffix) - len(digest) - 1
+    kept: list[str] = []
+    for char in ref.name:
+        # Encoded one character at a time, so the cut never splits an escape
+        # sequence or the UTF-8 bytes of one character.
+        encoded = proto.segment(char)
+        if len(encoded) > room:
+            break
+        kept.append(encoded)
+        room -= len(encoded)
+    return "".join(kept) + "." + digest + suffix
 
 
 async def consume_stream(
@@ -395,61 +535,52 @@ def _too_large(ref: StepRef, stream: StepStream, cap: int) -> OutputTooLargeErro
     )
 
 
+# ---------------------------------------------------------------------------
+# What the session's batch methods build
+
+
 def instances_batch(
-    session: WorkflowsSession,
-    workflow_name: str,
+    fetch_instance: Callable[[str], Awaitable[Instance]],
     instance_ids: Iterable[str],
     *,
     concurrency: int,
-    order: str | None,
-    simple: bool | None,
-    account_id: str | None,
     on_progress: ProgressHook | None,
 ) -> Batch[str, Instance]:
-    """Build the batch behind :meth:`WorkflowsSession.get_instances` (arguments checked)."""
+    """The batch behind ``get_instances``: ``fetch_instance(id)`` for every id (checked)."""
     ids = check_instance_ids(instance_ids)
-
-    async def fetch(instance_id: str) -> Instance:
-        return await session.get_instance(
-            workflow_name, instance_id, order=order, simple=simple, account_id=account_id
-        )
-
-    return Batch(ids, fetch, concurrency=concurrency, on_progress=on_progress)
+    return Batch(ids, fetch_instance, concurrency=concurrency, on_progress=on_progress)
 
 
 def step_outputs_batch(
-    session: WorkflowsSession,
-    workflow_name: str,
-    instance_id: str,
+    fetch_output: Callable[[StepRef], Awaitable[StepOutput | StepStream]],
+    fetch_log: Callable[[], Awaitable[Instance]],
     *,
     steps: Iterable[StepRef | str] | None,
     concurrency: int,
     stream_dir: str | os.PathLike[str] | None,
     max_stream_bytes: int | None,
-    account_id: str | None,
     on_progress: ProgressHook | None,
 ) -> Batch[StepRef, StepOutput | StreamedOutput]:
-    """Build the batch behind :meth:`WorkflowsSession.get_step_outputs`."""
+    """The batch behind ``get_step_outputs``.
+
+    ``fetch_output(ref)`` fetches one step's output; ``fetch_log()`` the instance, whose
+    log names the steps when ``steps`` is None (on entering the batch).
+    """
     directory, cap = check_stream_options(stream_dir, max_stream_bytes)
-    keys: Sequence[StepRef] | Callable[[], Awaitable[Sequence[StepRef]]]
-    if steps is not None:
-        keys = check_step_refs(steps)
-    else:
-
-        async def from_log() -> Sequence[StepRef]:
-            instance = await session.get_instance(
-                workflow_name, instance_id, account_id=account_id
-            )
-            return steps_with_output(instance)
-
-        keys = from_log
 
     async def fetch(ref: StepRef) -> StepOutput | StreamedOutput:
-        out = await session.get_step_output(
-            workflow_name, instance_id, name=ref.name, type=ref.type, account_id=account_id
-        )
+        out = await fetch_output(ref)
         if isinstance(out, StepOutput):
             return out
         return await consume_stream(out, ref, stream_dir=directory, max_stream_bytes=cap)
 
-    return Batch(keys, fetch, concurrency=concurrency, on_progress=on_progress)
+    if steps is not None:
+        refs = check_step_refs(steps)
+        once = _FetchOnce(fetch, refs)
+        return Batch(refs, once, concurrency=concurrency, on_progress=on_progress)
+
+    async def from_log() -> Sequence[StepRef]:
+        # A log names each step once, so nothing here needs fetching once.
+        return steps_with_output(await fetch_log())
+
+    return Batch(from_log, fetch, concurrency=concurrency, on_progress=on_progress)

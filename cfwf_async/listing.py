@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from types import TracebackType
 from typing import Self
 
 from . import _protocol as proto
+from ._resource import AsyncResource
+from .errors import APIResponseValidationError
 from .models import InstanceSummary
 
 __all__ = ["InstanceListing"]
@@ -15,7 +16,7 @@ __all__ = ["InstanceListing"]
 PageFetcher = Callable[[Mapping[str, str]], Awaitable[proto.InstancePage]]
 
 
-class InstanceListing:
+class InstanceListing(AsyncResource):
     """A workflow's instances, page by page, as :class:`InstanceSummary` items.
 
     Made by :meth:`WorkflowsSession.list_instances`; iterate it with ``async for``, no
@@ -30,19 +31,26 @@ class InstanceListing:
     the loop early (``break``, an exception, cancellation) leaks nothing, and
     :meth:`aclose` (or ``async with``) only marks the listing finished.
 
-    The listing ends after a page without a cursor or without items. A cursor it has
-    already sent raises :class:`~cfwf_async.APIResponseValidationError` instead of
-    looping. A page that fails after the session's retries raises; items handed out
-    before stay handed out, and the listing is finished.
+    The listing ends after a page without a cursor or without items. It never hands
+    out one id twice: an instance a page repeats (the listing shifted while it was
+    read) is skipped. A server that loops instead of advancing raises
+    :class:`~cfwf_async.APIResponseValidationError` rather than paging forever: a
+    cursor the listing has already sent, or a page that brings no instance not
+    handed out before. To know what it handed out, the listing remembers every id
+    (one set entry per instance, about 100 bytes for the API's 36-character ids, so
+    some 100 MB for a million instances) until it is dropped. A page that fails after
+    the session's retries raises; items handed out before stay handed out, and the
+    listing is finished.
     """
 
-    __slots__ = ("_buffer", "_busy", "_done", "_fetch", "_query", "_sent", "pages")
+    __slots__ = ("_buffer", "_busy", "_done", "_fetch", "_query", "_seen", "_sent", "pages")
 
     def __init__(self, fetch: PageFetcher, query: Mapping[str, str]) -> None:
         self._fetch = fetch
         self._query: dict[str, str] = dict(query)
         self._buffer: deque[InstanceSummary] = deque()
         self._sent: set[str] = set()
+        self._seen: set[str] = set()
         self._done = False
         self._busy = False
         #: Pages received so far (a page retried by the session counts once).
@@ -70,16 +78,32 @@ class InstanceListing:
         try:
             page = await self._fetch(self._query)
             self.pages += 1
-            cursor = proto.next_cursor(page, self._sent)
+            if not self._done:  # else closed by another task while the page was in flight
+                self._take(page)
         except BaseException:
             # An error (or cancellation) ends the listing, like an async generator.
             self._done = True
             raise
         finally:
             self._busy = False
-        if self._done:  # closed by another task while the page was in flight
-            return
-        self._buffer.extend(page.items)
+
+    def _take(self, page: proto.InstancePage) -> None:
+        cursor = proto.next_cursor(page, self._sent)
+        fresh: list[InstanceSummary] = []
+        for summary in page.items:
+            # Noted as it goes, so an id repeated within one page is handed out once.
+            if summary.id not in self._seen:
+                self._seen.add(summary.id)
+                fresh.append(summary)
+        if page.items and not fresh:
+            raise APIResponseValidationError(
+                f"instance listing: page {self.pages} brought only instances already handed "
+                "out; the server repeated itself and the cursor did not advance, so the "
+                "listing stops instead of reading the same items forever",
+                status_code=page.status,
+                cf_ray=page.cf_ray,
+            )
+        self._buffer.extend(fresh)
         if cursor is None:
             self._done = True
         else:
@@ -90,14 +114,3 @@ class InstanceListing:
         """Finish the listing: no further page is requested; buffered items are dropped."""
         self._done = True
         self._buffer.clear()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

@@ -393,7 +393,7 @@ class WorkflowsSession:
             async with session.get_instances("checkout", ids, concurrency=32) as batch:
                 async for result in batch:
                     if result.ok:
-                        print(result.key, result.unwrap().status)
+                        print(result.key, result.value.status)
                     else:
                         print(result.key, "failed:", result.error)
 
@@ -406,15 +406,14 @@ class WorkflowsSession:
             proto.check_choice("order", order, proto.ORDERS)
         if simple is not None and not isinstance(simple, bool):
             raise TypeError(f"simple must be a bool, got {type(simple).__name__}")
+
+        async def fetch_instance(instance_id: str) -> Instance:
+            return await self.get_instance(
+                workflow_name, instance_id, order=order, simple=simple, account_id=account
+            )
+
         return instances_batch(
-            self,
-            workflow_name,
-            instance_ids,
-            concurrency=concurrency,
-            order=order,
-            simple=simple,
-            account_id=account,
-            on_progress=on_progress,
+            fetch_instance, instance_ids, concurrency=concurrency, on_progress=on_progress
         )
 
     def get_step_outputs(
@@ -440,10 +439,12 @@ class WorkflowsSession:
 
         Streamed outputs are never held open or buffered without a bound:
         ``stream_dir`` saves each to ``<stream_dir>/<encoded step name>.bin`` (created
-        if missing); ``max_stream_bytes`` alone reads each into memory up to that cap
-        (and caps the saved files when given with ``stream_dir``). A streamed output
-        over the cap, or any streamed output when neither is given, is an
-        :class:`OutputTooLargeError` result for that step::
+        if missing; a name over 240 bytes is cut and gets a hash, and a step listed
+        twice is fetched once, both results sharing it); ``max_stream_bytes`` alone
+        reads each into memory up to that cap (and caps the saved files when given
+        with ``stream_dir``). A streamed output over the cap, or any streamed output
+        when neither is given, is an :class:`OutputTooLargeError` result for that
+        step::
 
             async with session.get_step_outputs("etl", "run-7", stream_dir="out") as batch:
                 async for result in batch:
@@ -456,15 +457,22 @@ class WorkflowsSession:
         account = self._account(account_id)
         proto.check_workflow_name(workflow_name)
         proto.check_instance_id(instance_id)
+
+        async def fetch_output(ref: StepRef) -> StepOutput | StepStream:
+            return await self.get_step_output(
+                workflow_name, instance_id, name=ref.name, type=ref.type, account_id=account
+            )
+
+        async def fetch_log() -> Instance:
+            return await self.get_instance(workflow_name, instance_id, account_id=account)
+
         return step_outputs_batch(
-            self,
-            workflow_name,
-            instance_id,
+            fetch_output,
+            fetch_log,
             steps=steps,
             concurrency=concurrency,
             stream_dir=stream_dir,
             max_stream_bytes=max_stream_bytes,
-            account_id=account,
             on_progress=on_progress,
         )
 

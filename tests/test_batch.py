@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import importlib.util
+import itertools
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +36,8 @@ from cfwf_async import (
     StreamedOutput,
     WorkflowsSession,
 )
+from cfwf_async import batch as batch_module
+from cfwf_async.batch import BatchFailure, BatchSuccess, stream_filename
 from cfwf_async.testing import API_PREFIX, FakeWorkflowsAPI, StreamBody, make_instance
 
 WF = "checkout"
@@ -309,6 +317,15 @@ async def test_batch_must_be_entered_and_runs_once() -> None:
         (lambda s: s.get_step_outputs(WF, "r", steps="a-1"), TypeError, "steps"),
         (lambda s: s.get_step_outputs(WF, "r", steps=[StepRef("a", "sleep")]), ValueError,
          r"steps\[0\].type"),
+        (lambda s: s.get_step_outputs(WF, "r", steps=["ok", "bad\ud800"]), ValueError,
+         r"steps\[1\]\.name"),
+        (lambda s: s.get_step_outputs(WF, "r", steps=[StepRef("\udfff")]), ValueError,
+         r"steps\[0\]\.name"),
+        (lambda s: s.get_step_outputs(WF, "r", steps=[""]), ValueError, r"steps\[0\]\.name"),
+        (lambda s: s.get_step_outputs(WF, "r", max_stream_bytes="9"), TypeError,
+         "max_stream_bytes"),
+        (lambda s: s.get_step_outputs(WF, "r", max_stream_bytes=True), TypeError,
+         "max_stream_bytes"),
         (lambda s: s.get_step_outputs(WF, ""), ValueError, "instance_id"),
     ],
 )
@@ -451,3 +468,232 @@ async def test_step_outputs_of_a_missing_instance_raise_on_entry() -> None:
         with pytest.raises(NotFoundError):
             await _outputs(session)
     assert len(api.requests) == 1
+
+
+# ---------------------------------------------------------------------------
+# Results a type checker can narrow
+
+NARROWED = """\
+from cfwf_async import WorkflowsSession
+
+
+async def report(session: WorkflowsSession, ids: list[str]) -> None:
+    async with session.get_instances("checkout", ids) as batch:
+        async for result in batch:
+            if result.ok:
+                print(result.key, result.value.status)
+            else:
+                print(result.key, "failed:", result.error.args)
+"""
+
+MATCHED = """\
+from cfwf_async import NotFoundError, WorkflowsSession
+from cfwf_async.batch import BatchFailure, BatchSuccess
+
+
+async def report(session: WorkflowsSession, ids: list[str]) -> list[str]:
+    missing: list[str] = []
+    async with session.get_instances("checkout", ids) as batch:
+        async for result in batch:
+            match result:
+                case BatchSuccess(key, inst):
+                    print(key, inst.status)
+                case BatchFailure(key, NotFoundError()):
+                    missing.append(key)
+                case BatchFailure(key, error):
+                    print(key, error.args)
+    return missing
+"""
+
+UNNARROWED = """\
+from cfwf_async import WorkflowsSession
+
+
+async def report(session: WorkflowsSession, ids: list[str]) -> None:
+    async with session.get_instances("checkout", ids) as batch:
+        async for result in batch:
+            print(result.value.status)
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy is not installed")
+def test_mypy_strict_narrows_a_result_on_ok_and_on_match(tmp_path: Path) -> None:
+    sources = {name: tmp_path / f"{name}.py" for name in ("narrowed", "matched", "unnarrowed")}
+    for name, code in (("narrowed", NARROWED), ("matched", MATCHED), ("unnarrowed", UNNARROWED)):
+        sources[name].write_text(code)
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental",
+         "--cache-dir", os.fspath(tmp_path / "cache"), *map(os.fspath, sources.values())],
+        capture_output=True, text=True, cwd=tmp_path, check=False,
+        env={**os.environ, "MYPYPATH": os.fspath(root)},
+    )
+    errors = [line for line in run.stdout.splitlines() if ": error:" in line]
+    # The two snippets written as a user would are clean ...
+    assert not [e for e in errors if "unnarrowed.py" not in e], run.stdout + run.stderr
+    # ... and the check has teeth: without testing `ok`, `value` may be None.
+    assert len(errors) == 1, run.stdout + run.stderr
+    assert 'Item "None" of "Instance | None" has no attribute "status"' in errors[0]
+
+
+def test_success_and_failure_carry_what_their_kind_promises() -> None:
+    good: BatchResult[str, int] = BatchSuccess("a", 3)
+    bad: BatchResult[str, int] = BatchFailure("b", NotFoundError("gone", status_code=404))
+    assert (good.ok, good.value, good.error, good.unwrap()) == (True, 3, None, 3)
+    assert (bad.ok, bad.value) == (False, None)
+    with pytest.raises(NotFoundError, match="gone"):
+        bad.unwrap()
+    seen = []
+    for result in (good, bad):
+        match result:
+            case BatchSuccess(key, value):
+                seen.append((key, value))
+            case BatchFailure(key, NotFoundError() as error):
+                seen.append((key, str(error)))
+    assert seen == [("a", 3), ("b", "gone")]
+    assert repr(good) == "BatchSuccess(key='a', value=3)"
+    with pytest.raises(AttributeError):
+        good.ok = False  # type: ignore[misc]
+
+
+def test_batch_imports_no_session() -> None:
+    """The session builds batches from callables; batch.py never reaches back into it."""
+    assert batch_module.__file__ is not None
+    tree = ast.parse(Path(batch_module.__file__).read_text())
+    imported = {
+        node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+    } | {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+         for alias in node.names}
+    assert not any("session" in name for name in imported), imported
+
+
+# ---------------------------------------------------------------------------
+# Streamed outputs on disk: one complete file per result, names that fit
+
+
+@pytest.mark.anyio
+async def test_a_step_listed_twice_gives_two_correct_results(tmp_path: Path) -> None:
+    api = FakeWorkflowsAPI()
+    api.add_instance(WF, "run-1", make_instance("complete", steps=0))
+    size = 2 * 1024 * 1024
+    answers = itertools.count()
+
+    def chunks() -> AsyncIterator[bytes]:
+        # Each request gets its own bytes, so a file mixing two answers shows.
+        return StreamBody.repeat(size, chunk_size=64 * 1024,
+                                 fill=b"AB"[next(answers) % 2 : ][:1]).chunks()
+
+    api.add_step_output(WF, "run-1", "export-1", StreamBody(chunks, size))
+    api.add_step_output(WF, "run-1", "json-1", {"n": 1})
+    out_dir = tmp_path / "out"
+    async with _session(api) as session, session.get_step_outputs(
+        WF, "run-1", steps=["export-1", "json-1", "export-1", "json-1"],
+        stream_dir=out_dir, concurrency=4,
+    ) as batch:
+        results = [r async for r in batch]
+    assert len(results) == 4
+    for result in results:
+        assert result.ok, result.error
+        if result.key.name == "json-1":
+            assert isinstance(result.value, StepOutput)
+            assert result.value.output == {"n": 1}
+            continue
+        value = result.value
+        assert isinstance(value, StreamedOutput)
+        assert value.size == size
+        assert value.path == out_dir / "export-1.bin"
+        data = value.path.read_bytes()
+        assert data in (b"A" * size, b"B" * size), "a complete file of one answer"
+    assert _names(out_dir) == ["export-1.bin"]
+
+
+@pytest.mark.anyio
+async def test_long_step_names_are_saved_under_names_that_fit(tmp_path: Path) -> None:
+    api = FakeWorkflowsAPI()
+    api.add_instance(WF, "run-1", make_instance("complete", steps=0))
+    names = [
+        "数" * 28,  # 252 bytes once percent-encoded: with ".bin", over 255
+        "数" * 28 + "-1",
+        "数" * 28 + "-2",  # differs from the one above only after the cut
+        "x" * 1000,
+        "a.b/" * 100,
+        "\U0001f600" * 70,
+    ]
+    for i, name in enumerate(names):
+        api.add_step_output(WF, "run-1", name, f"payload {i}".encode())
+    api.add_step_output(WF, "run-1", "数" * 40, b"wait", type="waitForEvent")
+    refs = [StepRef(n) for n in names] + [StepRef("数" * 40, "waitForEvent")]
+    out_dir = tmp_path / "out"
+    async with _session(api) as session:
+        results = await _outputs(session, steps=refs, stream_dir=out_dir)
+    paths = set()
+    for i, ref in enumerate(refs):
+        value = results[ref].unwrap()
+        assert isinstance(value, StreamedOutput)
+        assert value.path is not None
+        assert value.path.parent == out_dir
+        assert len(os.fsencode(value.path.name)) <= 255
+        expected = b"wait" if ref.type == "waitForEvent" else f"payload {i}".encode()
+        assert value.path.read_bytes() == expected
+        paths.add(value.path)
+    assert len(paths) == len(refs)
+    assert sorted(p.name for p in paths) == _names(out_dir)
+
+
+_NAMES = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=400)
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=_NAMES, b=_NAMES, wait=st.booleans())
+def test_stream_file_names_are_short_unique_and_plain(a: str, b: str, wait: bool) -> None:
+    first = stream_filename(StepRef(a, "waitForEvent" if wait else "step"))
+    second = stream_filename(StepRef(b))
+    for name in (first, second):
+        assert len(name.encode()) <= 255
+        assert not set(name) & {"/", "\\", "\0"}
+        assert not name.startswith(".")
+        assert name.isascii()
+    assert (first == second) == (a == b and not wait)
+    # Short names stay readable: the plain percent-encoded name, nothing appended.
+    if len(b) <= 20 and b.isalnum() and b.isascii():
+        assert second == b + ".bin"
+
+
+def test_a_cut_name_cannot_equal_a_whole_one() -> None:
+    cut = stream_filename(StepRef("x" * 300))
+    stem, digest, suffix = cut.split(".")
+    assert suffix == "bin"
+    assert len(digest) == 16
+    # A step literally named like the cut name encodes its dot, so it differs.
+    assert stream_filename(StepRef(f"{stem}.{digest}")) != cut
+
+
+@pytest.mark.anyio
+async def test_a_stream_dir_that_cannot_be_a_directory_fails_before_any_request(
+    tmp_path: Path,
+) -> None:
+    api = FakeWorkflowsAPI()
+    a_file = tmp_path / "taken"
+    a_file.write_bytes(b"not a directory")
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    async with _session(api) as session:
+        for bad, says in (
+            (a_file, "exists and is not a directory"),
+            (a_file / "sub" / "dir", "cannot be created"),
+            (dangling, "exists and is not a directory"),
+        ):
+            with pytest.raises(ValueError, match="stream_dir") as info:
+                session.get_step_outputs(WF, "run-1", stream_dir=bad)
+            assert says in str(info.value)
+        # A directory that does not exist yet is fine: it is made on the first save.
+        session.get_step_outputs(WF, "run-1", stream_dir=tmp_path / "new" / "dir")
+    assert api.requests == []
+    assert a_file.read_bytes() == b"not a directory"
+    assert not (tmp_path / "new").exists()
+
+
+def test_dot_names_are_ordinary_step_names() -> None:
+    refs = batch_module.check_step_refs([".", ".."])
+    assert [r.name for r in refs] == [".", ".."]
+    assert stream_filename(refs[1]) == "%2E%2E.bin"

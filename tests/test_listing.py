@@ -731,12 +731,80 @@ def test_pages_are_concatenated_up_to_the_first_empty_or_last_one(sizes: list[in
 def test_any_server_ends_within_one_request_per_distinct_cursor(cursors: list[str]) -> None:
     """Whatever cursors a server hands out from a set of k, at most k + 1 requests."""
     answers = iter(cursors)
+    served = itertools.count()
 
     def answer(cursor: str | None) -> proto.InstancePage:
-        return proto.InstancePage(items(["x"]), next(answers, None))
+        # A new instance on every page: only the cursors misbehave here.
+        return proto.InstancePage(items([f"x{next(served)}"]), next(answers, None))
 
     _, requests, replayed = run_listing(answer)
     distinct = len(set(cursors))
     assert requests <= distinct + 1
     handed_out = cursors[:requests]
     assert replayed == (len(set(handed_out)) < len(handed_out))
+
+
+@pytest.mark.anyio
+async def test_fresh_cursors_over_the_same_page_end_after_two_requests() -> None:
+    """A server handing out a new cursor every time but never new items cannot loop."""
+    seen: list[dict[str, str]] = []
+    same = [summary(i) for i in range(3)]
+    fresh = itertools.count()
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(dict(request.query))
+        return web.Response(body=page_body(same, f"c-{next(fresh)}"),
+                            content_type="application/json", headers={"cf-ray": "8f02-TEST"})
+
+    got: list[str] = []
+    async with plain_server(handle) as url, plain_session(url) as session:
+        listing = session.list_instances("checkout")
+        with pytest.raises(APIResponseValidationError, match="repeated itself") as info:
+            await drain(listing, got)
+        assert [s async for s in listing] == []  # finished, sends nothing more
+    assert got == [it["id"] for it in same]
+    assert [q.get("cursor") for q in seen] == [None, "c-0"]
+    assert "cursor did not advance" in str(info.value)
+    assert info.value.cf_ray == "8f02-TEST"
+    assert info.value.status_code == 200
+
+
+@pytest.mark.anyio
+async def test_instances_a_page_repeats_are_handed_out_once() -> None:
+    seen: list[dict[str, str]] = []
+    pages = {
+        # order-0000 twice on the first page, order-0001 again on the second.
+        None: page_body([summary(0), summary(1), summary(0)], "A"),
+        "A": page_body([summary(1), summary(2)], "B"),
+        "B": page_body([summary(3)]),
+    }
+    async with plain_server(scripted(pages, seen)) as url, plain_session(url) as session:
+        got: list[str] = []
+        await drain(session.list_instances("checkout"), got)
+    assert got == ["order-0000", "order-0001", "order-0002", "order-0003"]
+    assert len(seen) == 3
+
+
+@settings(max_examples=80, deadline=None)
+@given(pages=st.lists(st.lists(st.sampled_from("abcdef"), min_size=1, max_size=4),
+                      min_size=1, max_size=30))
+def test_no_id_twice_and_an_end_within_one_request_per_id(pages: list[list[str]]) -> None:
+    """Pages drawn from k ids under ever-new cursors: each id once, at most k + 1 pages."""
+    served = iter(pages)
+    cursors = itertools.count()
+
+    def answer(cursor: str | None) -> proto.InstancePage:
+        ids = next(served, None)
+        if ids is None:
+            return proto.InstancePage([], None)
+        return proto.InstancePage(items(ids), f"c{next(cursors)}")
+
+    got, requests, repeated = run_listing(answer)
+    assert len(got) == len(set(got))
+    assert requests <= len(set("abcdef")) + 1
+    read = [i for page in pages[:requests] for i in page]
+    assert got == list(dict.fromkeys(read))
+    # It stops early exactly when a page it read brought nothing new.
+    stale = any(set(page) <= set(read[: sum(map(len, pages[:n]))])
+                for n, page in enumerate(pages[:requests]))
+    assert repeated == stale
