@@ -4,11 +4,14 @@ Run as ``python redis_worker.py '<json config>'``. It prints ``ready`` once the 
 and limiter are set up, waits for a line on stdin (the start signal), fires ``calls``
 concurrent ``get_instance`` calls, and prints a JSON summary as its last line. It prints
 ``paused`` whenever its limiter was asked to pause (after a 429), so the test can act on
-that moment instead of guessing it.
+that moment instead of guessing it. With ``delay_max``, each request waits a random time
+up to that long (seeded by ``seed``) between its grant and leaving, as a loaded machine or
+a slow network would make it.
 """
 
 from __future__ import annotations
 
+import random
 import sys
 
 import anyio
@@ -19,6 +22,14 @@ from cfwf_async.redis import RedisRateLimit
 
 
 class ReportingLimit(RedisRateLimit):
+    delay_max = 0.0
+    rng = random.Random(0)
+
+    async def acquire(self) -> None:
+        await super().acquire()
+        if self.delay_max:
+            await anyio.sleep(self.rng.uniform(0.0, self.delay_max))
+
     async def pause(self, seconds: float) -> None:
         await super().pause(seconds)
         print("paused", flush=True)
@@ -33,6 +44,7 @@ async def main(cfg: dict[str, object]) -> None:
             requests=int(cfg["requests"]),  # type: ignore[call-overload]
             period=float(cfg["period"]),  # type: ignore[arg-type]
             key=str(cfg["key"]),
+            margin=float(cfg.get("margin", 1.0)),  # type: ignore[arg-type]
         ) as limit,
         WorkflowsSession(
             api_token=str(cfg["token"]),
@@ -41,6 +53,8 @@ async def main(cfg: dict[str, object]) -> None:
             rate_limit=limit,
         ) as session,
     ):
+        limit.delay_max = float(cfg.get("delay_max", 0.0))  # type: ignore[arg-type]
+        limit.rng = random.Random(int(cfg.get("seed", 0)))  # type: ignore[call-overload]
         print("ready", flush=True)
         await anyio.to_thread.run_sync(sys.stdin.readline)
 
