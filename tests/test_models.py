@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from cfwf_async import _decoding
 from cfwf_async import _protocol as proto
 from cfwf_async.errors import (
     APIResponseValidationError,
@@ -320,11 +321,19 @@ def test_unknown_fields_are_ignored_everywhere() -> None:
     assert sleep.finished is False
 
 
+@pytest.fixture
+def fresh_decoders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start from the strict decoder, whatever an earlier test decoded."""
+    monkeypatch.setattr(_decoding.RECENT, "unknown_steps", False)
+
+
+@pytest.mark.usefixtures("fresh_decoders")
 def test_unknown_fields_keep_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
     def fallback(body: bytes) -> Any:
         raise AssertionError("the fallback decoder ran for a body of known step types")
 
-    monkeypatch.setattr(proto, "_decode_instance_slow", fallback)
+    monkeypatch.setattr(_decoding, "_instance_by_step", fallback)
+    monkeypatch.setattr(_decoding, "_instance_lenient", fallback)
     body = envelope(
         {"status": "complete", "novel": 1, "steps": [{"type": "step", "name": "x", "new": 2}]}
     )
@@ -398,15 +407,20 @@ def test_step_without_a_usable_type() -> None:
     assert numeric.fields == {"type": 5}
 
 
+@pytest.mark.usefixtures("fresh_decoders")
 def test_all_known_types_never_take_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[bytes] = []
-    real = proto._decode_instance_slow
+    real = _decoding._instance_by_step
 
     def spy(body: bytes) -> Any:
         calls.append(body)
         return real(body)
 
-    monkeypatch.setattr(proto, "_decode_instance_slow", spy)
+    def lenient(body: bytes) -> Any:
+        raise AssertionError("the lenient decoder ran")
+
+    monkeypatch.setattr(_decoding, "_instance_by_step", spy)
+    monkeypatch.setattr(_decoding, "_instance_lenient", lenient)
     proto.decode_instance(sample("instance-errored.json"))
     proto.decode_instance(sample("instance-running-simple.json"))
     assert calls == []
