@@ -73,7 +73,7 @@ def _keep_or_replace(m: re.Match[bytes]) -> bytes:
     return b"\\ufffd" if m.group(1) is not None else m.group(0)
 
 
-def is_surrogate_error(exc: msgspec.DecodeError) -> bool:
+def _is_surrogate_error(exc: msgspec.DecodeError) -> bool:
     """True when msgspec refused a body for what may be a lone surrogate escape."""
     if isinstance(exc, msgspec.ValidationError):
         return False
@@ -82,7 +82,7 @@ def is_surrogate_error(exc: msgspec.DecodeError) -> bool:
     return "surrogate" in text or "truncated" in text
 
 
-def replace_lone_surrogates(body: bytes) -> bytes | None:
+def _replace_lone_surrogates(body: bytes) -> bytes | None:
     """``body`` with every lone surrogate escape replaced by ``\\ufffd``; None if none."""
     if b"\\u" not in body:
         return None
@@ -99,7 +99,7 @@ def surrogate_tolerant(decode: Callable[[bytes], T], body: bytes) -> T:
     try:
         return decode(body)
     except msgspec.DecodeError as exc:
-        fixed = replace_lone_surrogates(body) if is_surrogate_error(exc) else None
+        fixed = _replace_lone_surrogates(body) if _is_surrogate_error(exc) else None
         if fixed is None:
             raise
     return decode(fixed)
@@ -176,18 +176,29 @@ def _unknown(raw: object, index: int) -> UnknownStep | None:
 
 
 def _decode_raw_steps(raws: list[msgspec.Raw]) -> tuple[list[Step], bool]:
-    """Typed steps, one decode each; and whether any step was of an unknown type."""
+    """Typed steps, one decode each; and whether any step needed a second chance.
+
+    A step the strict decoder refuses is decoded as plain JSON: kept raw if its type is
+    unknown, else repaired (a naive timestamp, a whole-number float) and converted.
+    """
     steps: list[Step] = []
     found = False
     for index, raw in enumerate(raws):
         try:
             steps.append(_step_decoder.decode(raw))
-        except msgspec.ValidationError as exc:
-            unknown = _unknown(_raw_decoder.decode(raw), index)
-            if unknown is None:
-                raise _in_step(exc, index) from None
-            steps.append(unknown)
+            continue
+        except msgspec.ValidationError:
             found = True
+        plain = _raw_decoder.decode(raw)
+        unknown = _unknown(plain, index)
+        if unknown is not None:
+            steps.append(unknown)
+            continue
+        _repair_step(plain)
+        try:
+            steps.append(msgspec.convert(plain, KnownStep))
+        except msgspec.ValidationError as exc:
+            raise _in_step(exc, index) from None
     return steps, found
 
 
@@ -244,18 +255,19 @@ _INSTANCE_FIELDS: Final = tuple(f for f in Instance.__struct_fields__ if f != "s
 
 
 class _Recent:
-    """Whether the last instance held a step type this version does not know.
+    """Whether the last instance needed the step-by-step path (``by_step``).
 
     A program polls the same instances, or instances of one workflow, over and over: once
-    a log held an unknown step type, starting with the step-by-step path saves a strict
-    pass that would fail part-way. It only ever orders two correct paths, so sharing it
-    between sessions and threads is harmless.
+    a log held a step the strict decoder refuses (an unknown type, a naive timestamp),
+    starting with the step-by-step path saves a strict pass that would fail part-way.
+    It only ever orders two correct paths, so sharing it between sessions and threads
+    is harmless.
     """
 
-    __slots__ = ("unknown_steps",)
+    __slots__ = ("by_step",)
 
     def __init__(self) -> None:
-        self.unknown_steps = False
+        self.by_step = False
 
 
 RECENT: Final = _Recent()
@@ -266,9 +278,9 @@ def _instance_by_step(body: bytes) -> Envelope[Instance]:
     env = _head_decoder.decode(body)
     head = env.result
     steps: list[Step] = []
-    RECENT.unknown_steps = False
+    RECENT.by_step = False
     if head is not None:
-        steps, RECENT.unknown_steps = _decode_raw_steps(head.steps)
+        steps, RECENT.by_step = _decode_raw_steps(head.steps)
     instance = None if head is None else Instance(
         **{name: getattr(head, name) for name in _INSTANCE_FIELDS}, steps=steps
     )
@@ -300,16 +312,17 @@ def _instance_lenient(body: bytes) -> Envelope[Instance]:
 def instance_envelope(body: bytes) -> Envelope[Instance]:
     """A ``get_instance`` body.
 
-    The strict decoder first (or the step-by-step one, when the last instance held an
-    unknown step type); the step-by-step one when the strict one failed inside a step;
-    the lenient one when the others failed, whose error is the one raised.
+    The strict decoder first (or the step-by-step one, when the last instance needed
+    it); the step-by-step one when the strict one failed inside a step; the lenient one
+    when the others failed (a naive timestamp outside the steps), whose error is the
+    one raised.
     """
     try:
-        if RECENT.unknown_steps:
+        if RECENT.by_step:
             return _instance_by_step(body)
         return _instance_decoder.decode(body)
     except msgspec.ValidationError as exc:
-        if not RECENT.unknown_steps and "`$.result.steps[" in str(exc):
+        if not RECENT.by_step and "`$.result.steps[" in str(exc):
             try:
                 return _instance_by_step(body)
             except msgspec.ValidationError:
@@ -357,7 +370,7 @@ def summary_page_envelope(body: bytes) -> Envelope[list[InstanceSummary]]:
 # Error bodies
 
 
-def error_item(raw: object) -> ErrorItem | None:
+def _error_item(raw: object) -> ErrorItem | None:
     """One ``errors``/``messages`` entry, whatever its shape; None for non-items."""
     if isinstance(raw, ErrorItem):
         return raw
@@ -378,7 +391,7 @@ def error_items(raws: object) -> list[ErrorItem]:
     """Every usable entry of an ``errors`` or ``messages`` value."""
     if not isinstance(raws, list):
         return []
-    return [item for item in map(error_item, raws) if item is not None]
+    return [item for item in map(_error_item, raws) if item is not None]
 
 
 class _ErrorBody(msgspec.Struct, gc=False):

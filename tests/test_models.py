@@ -325,7 +325,7 @@ def test_unknown_fields_are_ignored_everywhere() -> None:
 @pytest.fixture
 def fresh_decoders(monkeypatch: pytest.MonkeyPatch) -> None:
     """Start from the strict decoder, whatever an earlier test decoded."""
-    monkeypatch.setattr(_decoding.RECENT, "unknown_steps", False)
+    monkeypatch.setattr(_decoding.RECENT, "by_step", False)
 
 
 @pytest.mark.usefixtures("fresh_decoders")
@@ -515,7 +515,7 @@ def test_unknown_step_anywhere_keeps_every_other_step_typed(unknown_at: int) -> 
     body = _log_with(unknown_at)
     first = proto.decode_instance(body)
     # The next decode starts on the step-by-step path: the same answer either way.
-    assert _decoding.RECENT.unknown_steps
+    assert _decoding.RECENT.by_step
     assert proto.decode_instance(body) == first
     for i, step in enumerate(first.steps):
         if i == unknown_at:
@@ -528,7 +528,7 @@ def test_unknown_step_anywhere_keeps_every_other_step_typed(unknown_at: int) -> 
             assert step.attempts[0].end == utc(2026, 10, 30, 8, 0, 1, 900000)
     # A log of known types puts the strict decoder first again.
     known = proto.decode_instance(envelope(make_instance(steps=3)))
-    assert not _decoding.RECENT.unknown_steps
+    assert not _decoding.RECENT.by_step
     assert all(isinstance(s, StepRun) for s in known.steps)
 
 
@@ -622,3 +622,21 @@ def test_naive_timestamps_are_utc_everywhere() -> None:
     assert page.items[0].created_on == utc(2026, 1, 1)
     assert page.items[0].ended_on is None
     assert page.items[1].modified_on == utc(2026, 1, 1)
+
+
+@pytest.mark.usefixtures("fresh_decoders")
+def test_naive_timestamp_and_whole_float_inside_one_step_on_both_paths() -> None:
+    result = make_instance(steps=5)
+    result["steps"][3]["end"] = "2026-01-01T00:00:00"
+    result["steps"][3]["config"]["retries"]["limit"] = 4.0
+    body = envelope(result)
+    first = proto.decode_instance(body)
+    assert _decoding.RECENT.by_step
+    assert proto.decode_instance(body) == first
+    step = first.steps[3]
+    assert isinstance(step, StepRun)
+    assert step.end == utc(2026, 1, 1)
+    assert step.config is not None
+    assert step.config.retries is not None
+    assert step.config.retries.limit == 4
+    _aware_everywhere(first)
