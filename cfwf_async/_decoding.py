@@ -73,15 +73,6 @@ def _keep_or_replace(m: re.Match[bytes]) -> bytes:
     return b"\\ufffd" if m.group(1) is not None else m.group(0)
 
 
-def _is_surrogate_error(exc: msgspec.DecodeError) -> bool:
-    """True when msgspec refused a body for what may be a lone surrogate escape."""
-    if isinstance(exc, msgspec.ValidationError):
-        return False
-    text = str(exc)
-    # A string ending the body just after a high half reads as "truncated".
-    return "surrogate" in text or "truncated" in text
-
-
 def _replace_lone_surrogates(body: bytes) -> bytes | None:
     """``body`` with every lone surrogate escape replaced by ``\\ufffd``; None if none."""
     if b"\\u" not in body:
@@ -93,13 +84,14 @@ def _replace_lone_surrogates(body: bytes) -> bytes | None:
 def surrogate_tolerant(decode: Callable[[bytes], T], body: bytes) -> T:
     """``decode(body)``, run again with lone surrogates replaced if that is why it failed.
 
-    The common body pays nothing: the replacement runs only after msgspec refused the
-    body for a surrogate escape.
+    The common body pays nothing: the body is searched for lone surrogates only after
+    msgspec refused it as malformed JSON.
     """
     try:
         return decode(body)
     except msgspec.DecodeError as exc:
-        fixed = _replace_lone_surrogates(body) if _is_surrogate_error(exc) else None
+        # msgspec words this error differently by context, so look at the body instead.
+        fixed = None if isinstance(exc, msgspec.ValidationError) else _replace_lone_surrogates(body)
         if fixed is None:
             raise
     return decode(fixed)

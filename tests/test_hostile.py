@@ -438,3 +438,14 @@ async def test_no_exception_carries_a_request_header(
                     assert SECRET not in text
                 chain = chain.__cause__ or chain.__context__
     assert seen == [f"Bearer {SECRET}"] * len(bodies)
+
+
+@pytest.mark.parametrize(
+    "after", [b'"}}', b'","attempts":[]}}', b'","a":"\\u0041"}}', b' "}}', b'\\n"}}']
+)
+def test_lone_surrogate_whatever_follows_it(after: bytes) -> None:
+    """msgspec words the error differently depending on what follows the half."""
+    body = b'{"success":true,"result":{"status":"x","output":"x\\ud83d' + after
+    output = proto.decode_instance(body).output
+    assert isinstance(output, str)
+    assert output.startswith("x\ufffd")
