@@ -13,14 +13,15 @@ import ipaddress
 import math
 import re
 import time
-from collections.abc import Container, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, TypeVar, overload
+from typing import Final, Literal, TypeVar, overload
 from urllib.parse import quote, urlsplit
 
 import msgspec
 
-from . import errors
+from . import _decoding, errors
+from ._retry import clamp_server_wait
 from .models import (
     INSTANCE_STATUSES,
     Envelope,
@@ -28,13 +29,7 @@ from .models import (
     Instance,
     InstanceSummary,
     RateLimitInfo,
-    RollbackStep,
-    SleepStep,
     StepOutput,
-    StepRun,
-    TerminationStep,
-    UnknownStep,
-    WaitForEventStep,
 )
 
 T = TypeVar("T")
@@ -292,27 +287,10 @@ SECRET_HEADERS: Final = frozenset({"authorization", "x-auth-key", "x-auth-email"
 # Rate-limit headers
 
 
-_PARAM_RE: Final = re.compile(r";\s*([A-Za-z][A-Za-z0-9_*-]*)\s*=\s*([^;,\s]+)")
 # The exact forms Cloudflare sends (a first list item ending the header or followed by
 # another item); integer digits are always finite and non-negative.
 _RATELIMIT_EXACT: Final = re.compile(r'"[^",;]*";r=(\d+);t=(\d+)\s*(?:,|$)')
 _POLICY_EXACT: Final = re.compile(r'"[^",;]*";q=(\d+);w=(\d+)\s*(?:,|$)')
-
-
-def _sf_params(value: str) -> dict[str, str]:
-    """Parameters of the first item of a structured-field list (RFC 8941, tolerant)."""
-    first = value.split(",", 1)[0]
-    return {k.lower(): v.strip('"') for k, v in _PARAM_RE.findall(first)}
-
-
-def _num(text: str | None) -> float | None:
-    if text is None:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value >= 0 else None
 
 
 def parse_ratelimit(
@@ -321,7 +299,8 @@ def parse_ratelimit(
     """Parse ``Ratelimit: "default";r=<remaining>;t=<reset>`` and its policy header.
 
     Garbage, missing parts and extra list items are tolerated; None when nothing useful
-    was found.
+    was found. A reset beyond :data:`~cfwf_async._retry.MAX_SERVER_WAIT` is taken as
+    that cap.
     """
     if not ratelimit and not policy:
         return None
@@ -332,26 +311,27 @@ def parse_ratelimit(
         if (m := _RATELIMIT_EXACT.match(ratelimit)) is not None:
             r, t = float(m[1]), float(m[2])
         else:
-            params = _sf_params(ratelimit)
-            r, t = _num(params.get("r")), _num(params.get("t"))
+            r, t = _decoding.header_numbers(ratelimit, "r", "t")
     if policy:
         if (m := _POLICY_EXACT.match(policy)) is not None:
             q, w = float(m[1]), float(m[2])
         else:
-            params = _sf_params(policy)
-            q, w = _num(params.get("q")), _num(params.get("w"))
+            q, w = _decoding.header_numbers(policy, "q", "w")
     if r is None and t is None and q is None and w is None:
         return None
     return RateLimitInfo(
         remaining=None if r is None else int(r),
-        reset=t,
+        reset=None if t is None else clamp_server_wait(t),
         quota=None if q is None else int(q),
         window=w,
     )
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """``Retry-After`` in seconds: delta-seconds or an HTTP date; None if unusable."""
+    """``Retry-After`` in seconds: delta-seconds or an HTTP date; None if unusable.
+
+    A wait beyond :data:`~cfwf_async._retry.MAX_SERVER_WAIT` is taken as that cap.
+    """
     if not value:
         return None
     value = value.strip()
@@ -365,27 +345,14 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         seconds = when.timestamp() - (time.time() if now is None else now)
-        return max(0.0, seconds)
+        return clamp_server_wait(max(0.0, seconds))
     if not math.isfinite(seconds) or seconds < 0:
         return None
-    return seconds
+    return clamp_server_wait(seconds)
 
 
 # ---------------------------------------------------------------------------
 # Answers
-
-_instance_decoder: Final = msgspec.json.Decoder(Envelope[Instance])
-_step_output_decoder: Final = msgspec.json.Decoder(Envelope[StepOutput])
-_flat_step_output_decoder: Final = msgspec.json.Decoder(StepOutput)
-_any_envelope_decoder: Final = msgspec.json.Decoder(Envelope[Any])
-
-_KNOWN_STEPS: Final[dict[str, type[Any]]] = {
-    "step": StepRun,
-    "rollback": RollbackStep,
-    "sleep": SleepStep,
-    "waitForEvent": WaitForEventStep,
-    "termination": TerminationStep,
-}
 
 _STATUS_ERRORS: Final[dict[int, type[errors.APIStatusError]]] = {
     400: errors.BadRequestError,
@@ -396,20 +363,34 @@ _STATUS_ERRORS: Final[dict[int, type[errors.APIStatusError]]] = {
     429: errors.RateLimitError,
 }
 
+# What a decoder may raise for a body that is not what the API promises: msgspec's
+# errors, a ValueError or TypeError from a value, and RecursionError for JSON nested
+# deeper than the interpreter's stack.
+_UNDECODABLE: Final = (msgspec.DecodeError, ValueError, TypeError, RecursionError)
 
-def _invalid(
-    what: str, exc: Exception, status: int, cf_ray: str | None
-) -> errors.APIResponseValidationError:
-    return errors.APIResponseValidationError(
-        f"{what}: the {status} answer does not decode: {exc}",
-        status_code=status,
-        cf_ray=cf_ray,
-    )
+
+def _decoded(
+    decode: Callable[[bytes], T], body: bytes, what: str, status: int, cf_ray: str | None
+) -> T:
+    """``decode(body)``, with any failure raised as APIResponseValidationError."""
+    try:
+        return _decoding.surrogate_tolerant(decode, body)
+    except _UNDECODABLE as exc:
+        raise errors.APIResponseValidationError(
+            f"{what}: the {status} answer does not decode: {exc}",
+            status_code=status,
+            cf_ray=cf_ray,
+        ) from None
+
+
+def _describe(items: Iterable[ErrorItem]) -> str:
+    """Cloudflare's items as text: ``message (code n)``, the code left out when 0."""
+    return "; ".join(f"{e.message} (code {e.code})" if e.code else e.message for e in items)
 
 
 def _result(env: Envelope[T], what: str, status: int, cf_ray: str | None) -> T:
     if env.success is False or env.result is None:
-        messages = "; ".join(e.message for e in env.errors) or "no result"
+        messages = _describe(_decoding.error_items(env.errors)) or "no result"
         raise errors.APIResponseValidationError(
             f"{what}: the {status} answer has success={env.success} and no result "
             f"({messages})",
@@ -419,59 +400,9 @@ def _result(env: Envelope[T], what: str, status: int, cf_ray: str | None) -> T:
     return env.result
 
 
-def _decode_steps(steps: list[Any]) -> list[Any]:
-    out: list[Any] = []
-    for raw in steps:
-        if not isinstance(raw, dict):
-            raise msgspec.ValidationError("a step is not an object")
-        kind = raw.get("type")
-        cls = _KNOWN_STEPS.get(kind) if isinstance(kind, str) else None
-        if cls is None:
-            # A missing or non-string tag is "", not "None" or "5", which could pass for
-            # a real type name.
-            out.append(UnknownStep(type=kind if isinstance(kind, str) else "", fields=raw))
-        else:
-            out.append(msgspec.convert(raw, cls))
-    return out
-
-
-def _decode_instance_slow(body: bytes) -> Envelope[Instance]:
-    """Second chance for a body the fast decoder refused: tolerate unknown step types.
-
-    Only runs when the fast path fails, so a log of known step types is decoded once.
-    """
-    env = _any_envelope_decoder.decode(body)
-    result = env.result
-    if result is None:
-        return Envelope(success=env.success, errors=env.errors, messages=env.messages)
-    if not isinstance(result, dict):
-        raise msgspec.ValidationError("result is not an object")
-    steps = result.pop("steps", None)
-    instance = msgspec.convert(result, Instance)
-    if steps is not None:
-        if not isinstance(steps, list):
-            raise msgspec.ValidationError("steps is not an array")
-        instance = msgspec.structs.replace(instance, steps=_decode_steps(steps))
-    return Envelope(
-        success=env.success,
-        errors=env.errors,
-        messages=env.messages,
-        result=instance,
-        result_info=env.result_info,
-    )
-
-
 def decode_instance(body: bytes, *, status: int = 200, cf_ray: str | None = None) -> Instance:
     """Decode a 2xx ``get_instance`` body, raising APIResponseValidationError if broken."""
-    try:
-        env = _instance_decoder.decode(body)
-    except msgspec.ValidationError:
-        try:
-            env = _decode_instance_slow(body)
-        except (msgspec.DecodeError, ValueError, TypeError) as exc:
-            raise _invalid("instance", exc, status, cf_ray) from None
-    except msgspec.DecodeError as exc:
-        raise _invalid("instance", exc, status, cf_ray) from None
+    env = _decoded(_decoding.instance_envelope, body, "instance", status, cf_ray)
     return _result(env, "instance", status, cf_ray)
 
 
@@ -479,43 +410,10 @@ def decode_step_output(
     body: bytes, *, status: int = 200, cf_ray: str | None = None
 ) -> StepOutput:
     """Decode a 2xx JSON ``get_step_output`` body, enveloped or flat."""
-    try:
-        env = _step_output_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise _invalid("step output", exc, status, cf_ray) from None
-    if env.result is None and env.success is None:
-        # Cloudflare's reference page calls this answer "a flat status-shaped JSON
-        # body" while its schema shows the envelope: accept {status, error, output}
-        # bare too, rather than fail every call if the live API sends it that way.
-        try:
-            return _flat_step_output_decoder.decode(body)
-        except msgspec.DecodeError as exc:
-            raise _invalid("step output", exc, status, cf_ray) from None
+    env = _decoded(_decoding.step_output_envelope, body, "step output", status, cf_ray)
+    if isinstance(env, StepOutput):
+        return env
     return _result(env, "step output", status, cf_ray)
-
-
-def decode_envelope(
-    body: bytes, result_type: type[T], *, what: str, status: int = 200, cf_ray: str | None = None
-) -> Envelope[T]:
-    """Decode any 2xx envelope whose ``result`` is ``result_type`` (used for listings)."""
-    try:
-        env: Envelope[T] = msgspec.json.decode(body, type=Envelope[result_type])  # type: ignore[valid-type]
-    except msgspec.DecodeError as exc:
-        raise _invalid(what, exc, status, cf_ray) from None
-    if env.success is False:
-        _result(env, what, status, cf_ray)
-    return env
-
-
-def _error_items(body: bytes) -> list[ErrorItem]:
-    """The envelope's error items, or [] for HTML, empty or non-envelope bodies."""
-    if not body or body.lstrip()[:1] != b"{":
-        return []
-    try:
-        env = _any_envelope_decoder.decode(body)
-    except msgspec.DecodeError:
-        return []
-    return env.errors
 
 
 def status_error(
@@ -530,11 +428,11 @@ def status_error(
 ) -> errors.APIStatusError:
     """Map a non-2xx answer to its exception, with Cloudflare's messages in the text.
 
-    ``cut_short`` says the body broke off before its end (``body`` is then ignored):
-    the status alone decides the exception.
+    The status alone picks the class, whatever the body holds. ``cut_short`` says the
+    body broke off before its end (``body`` is then ignored).
     """
-    items = [] if cut_short else _error_items(body)
-    detail = "; ".join(f"{e.message} (code {e.code})" for e in items)
+    items, messages = ([], []) if cut_short else _decoding.decode_error_body(body)
+    detail = "; ".join(filter(None, (_describe(items), _describe(messages))))
     if cut_short:
         detail = "the body broke off before its end"
     elif not detail:
@@ -546,7 +444,12 @@ def status_error(
     if cls is None:
         cls = errors.InternalServerError if status >= 500 else errors.APIStatusError
     return cls(
-        message, status_code=status, errors=items, cf_ray=cf_ray, retry_after=retry_after
+        message,
+        status_code=status,
+        errors=items,
+        cf_ray=cf_ray,
+        retry_after=retry_after,
+        messages=messages,
     )
 
 
@@ -624,38 +527,6 @@ class InstancePage(msgspec.Struct, frozen=True, gc=False):
     cf_ray: str | None = None
 
 
-_summary_page_decoder: Final = msgspec.json.Decoder(Envelope[list[InstanceSummary]])
-_SUMMARY_TIMES: Final = ("created_on", "started_on", "ended_on", "modified_on")
-
-
-def _decode_summaries_slow(body: bytes) -> Envelope[list[InstanceSummary]]:
-    """Second pass for a page the fast decoder refused: empty date-times become None.
-
-    The API sends ``ended_on: ""`` while an instance runs, which no datetime decodes.
-    Pages of finished instances never get here, so they are decoded once.
-    """
-    env = _any_envelope_decoder.decode(body)
-    raw = env.result
-    items: list[InstanceSummary] | None = None
-    if raw is not None:
-        if not isinstance(raw, list):
-            raise msgspec.ValidationError("result is not an array")
-        for item in raw:
-            if isinstance(item, dict):
-                for key in _SUMMARY_TIMES:
-                    if item.get(key) == "":
-                        item[key] = None
-        # One convert for the whole list: half the cost of one per item.
-        items = msgspec.convert(raw, list[InstanceSummary])
-    return Envelope(
-        success=env.success,
-        errors=env.errors,
-        messages=env.messages,
-        result=items,
-        result_info=env.result_info,
-    )
-
-
 def decode_instance_page(
     body: bytes, *, status: int = 200, cf_ray: str | None = None
 ) -> InstancePage:
@@ -665,15 +536,7 @@ def decode_instance_page(
     of summaries raises :class:`~cfwf_async.errors.APIResponseValidationError`.
     """
     what = "instance listing"
-    try:
-        env = _summary_page_decoder.decode(body)
-    except msgspec.ValidationError:
-        try:
-            env = _decode_summaries_slow(body)
-        except (msgspec.DecodeError, ValueError, TypeError) as exc:
-            raise _invalid(what, exc, status, cf_ray) from None
-    except msgspec.DecodeError as exc:
-        raise _invalid(what, exc, status, cf_ray) from None
+    env = _decoded(_decoding.summary_page_envelope, body, what, status, cf_ray)
     if env.success is False:
         _result(env, what, status, cf_ray)
     items = env.result or []

@@ -141,9 +141,11 @@ class APIStatusError(WorkflowsError):
     """Cloudflare answered with a non-2xx status.
 
     ``status_code`` is the HTTP status, ``errors`` the envelope's error items (each with
-    ``.code`` and ``.message``; empty for an HTML or empty body), ``cf_ray`` the
-    request id, and ``retry_after`` the answer's ``Retry-After`` in seconds (None when
-    it sent none; a 503 may carry one as well as a 429).
+    ``.code`` and ``.message``, and ``.documentation_url`` and ``.source`` when sent;
+    empty for an HTML or empty body), ``messages`` its informational items (a plain
+    string entry becomes an item with ``code == 0``), ``cf_ray`` the request id, and
+    ``retry_after`` the answer's ``Retry-After`` in seconds (None when it sent none; a
+    503 may carry one as well as a 429).
     """
 
     status_code: int
@@ -156,10 +158,12 @@ class APIStatusError(WorkflowsError):
         errors: Sequence[ErrorItem] = (),
         cf_ray: str | None = None,
         retry_after: float | None = None,
+        messages: Sequence[ErrorItem] = (),
     ) -> None:
         super().__init__(message, cf_ray=cf_ray)
         self.status_code = status_code
         self.errors: tuple[ErrorItem, ...] = tuple(errors)
+        self.messages: tuple[ErrorItem, ...] = tuple(messages)
         self.retry_after = retry_after
 
 
@@ -198,9 +202,15 @@ class RateLimitError(APIStatusError):
         errors: Sequence[ErrorItem] = (),
         cf_ray: str | None = None,
         retry_after: float | None = None,
+        messages: Sequence[ErrorItem] = (),
     ) -> None:
         super().__init__(
-            message, status_code=status_code, errors=errors, cf_ray=cf_ray, retry_after=retry_after
+            message,
+            status_code=status_code,
+            errors=errors,
+            cf_ray=cf_ray,
+            retry_after=retry_after,
+            messages=messages,
         )
 
 

@@ -2,6 +2,9 @@
 
 Declarations only: decoding lives in :mod:`cfwf_async._protocol`. Attributes are
 snake_case; the few camelCase wire names (``versionId``, ``scheduledTime``) are renamed.
+Counts and codes the API types as ``number`` stay ints: ``50.0`` on the wire decodes as
+``50`` (a count with a fraction is refused). Every datetime is timezone-aware: a timestamp
+without an offset is UTC (see :mod:`cfwf_async._decoding`).
 Every model ignores fields it does not know, and every status stays a plain ``str`` so
 that values added by a newer API decode without error. Models are frozen and skip the
 cyclic garbage collector (``gc=False``): decoded answers hold no reference cycles, and
@@ -11,7 +14,7 @@ leaving thousands of step objects out of GC scans is measurably faster.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, Union
+from typing import TYPE_CHECKING, Annotated, Any, Final, Generic, TypeVar, Union
 
 import msgspec
 
@@ -22,6 +25,7 @@ __all__ = [
     "Envelope",
     "ErrorInfo",
     "ErrorItem",
+    "ErrorSource",
     "Instance",
     "InstanceRollback",
     "InstanceSummary",
@@ -67,11 +71,29 @@ class _Model(msgspec.Struct, frozen=True, gc=False, kw_only=True, omit_defaults=
     """Base of every wire model: immutable, untracked by GC, keyword-only."""
 
 
+# A timestamp that must carry an offset. Checking it in the strict decoders costs
+# nothing measurable, and a naive value then takes the second-chance path, which reads
+# it as UTC, instead of reaching users who compare it with aware datetimes.
+_Time = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+class ErrorSource(_Model, frozen=True):
+    """Where in the request an error item points (``source.pointer``, a JSON pointer)."""
+
+    pointer: str | None = None
+
+
 class ErrorItem(_Model, frozen=True):
-    """One entry of the envelope's ``errors`` or ``messages`` list."""
+    """One entry of the envelope's ``errors`` or ``messages`` list.
+
+    A plain string entry (some 4xx bodies send ``"messages": ["..."]``) becomes an item
+    with ``code == 0`` and that string as ``message``.
+    """
 
     code: int = 0
     message: str = ""
+    documentation_url: str | None = None
+    source: ErrorSource | None = None
 
 
 class ResultInfo(_Model, frozen=True):
@@ -86,11 +108,14 @@ class ResultInfo(_Model, frozen=True):
 
 
 class Envelope(_Model, Generic[T], frozen=True):
-    """Cloudflare's answer envelope around every JSON ``result``."""
+    """Cloudflare's answer envelope around every JSON ``result``.
+
+    ``errors`` and ``messages`` hold objects, or plain strings where the API sends them.
+    """
 
     success: bool | None = None
-    errors: list[ErrorItem] = []
-    messages: list[ErrorItem] = []
+    errors: list[ErrorItem | str] = []
+    messages: list[ErrorItem | str] = []
     result: T | None = None
     result_info: ResultInfo | None = None
 
@@ -111,8 +136,8 @@ class Trigger(_Model, frozen=True):
 class Attempt(_Model, frozen=True):
     """One try of a ``step.do``; ``end``, ``error`` and ``success`` are None while it runs."""
 
-    start: datetime | None = None
-    end: datetime | None = None
+    start: _Time | None = None
+    end: _Time | None = None
     error: ErrorInfo | None = None
     success: bool | None = None
 
@@ -133,7 +158,16 @@ class StepConfig(_Model, frozen=True):
     sensitive: str | None = None
 
 
-class StepRun(_Model, tag_field="type", tag="step", frozen=True):
+class _TaggedStep(_Model, tag_field="type", frozen=True):
+    """Base of the known step types: the wire tag is the class's msgspec tag."""
+
+    @property
+    def type(self) -> str:
+        """The wire tag of this step: ``"step"``, ``"sleep"``, ``"waitForEvent"``, ..."""
+        return str(self.__struct_config__.tag)
+
+
+class StepRun(_TaggedStep, tag="step", frozen=True):
     """A ``step.do`` entry of the instance log (``type == "step"``).
 
     ``output`` is the step's value as a string, possibly truncated: fetch it whole with
@@ -141,69 +175,44 @@ class StepRun(_Model, tag_field="type", tag="step", frozen=True):
     """
 
     name: str = ""
-    start: datetime | None = None
-    end: datetime | None = None
+    start: _Time | None = None
+    end: _Time | None = None
     success: bool | None = None
     output: Any = None
     attempts: list[Attempt] = []
     config: StepConfig | None = None
 
-    @property
-    def type(self) -> str:
-        """The wire tag of this step, ``"step"``."""
-        return "step"
-
 
 class RollbackStep(StepRun, tag="rollback", frozen=True):
     """A compensation step run while rolling back (``type == "rollback"``)."""
 
-    @property
-    def type(self) -> str:
-        """The wire tag of this step, ``"rollback"``."""
-        return "rollback"
 
-
-class SleepStep(_Model, tag_field="type", tag="sleep", frozen=True):
+class SleepStep(_TaggedStep, tag="sleep", frozen=True):
     """A ``step.sleep`` / ``step.sleepUntil`` entry (``type == "sleep"``)."""
 
     name: str = ""
-    start: datetime | None = None
-    end: datetime | None = None
+    start: _Time | None = None
+    end: _Time | None = None
     finished: bool | None = None
     error: ErrorInfo | None = None
 
-    @property
-    def type(self) -> str:
-        """The wire tag of this step, ``"sleep"``."""
-        return "sleep"
 
-
-class WaitForEventStep(_Model, tag_field="type", tag="waitForEvent", frozen=True):
+class WaitForEventStep(_TaggedStep, tag="waitForEvent", frozen=True):
     """A ``step.waitForEvent`` entry (``type == "waitForEvent"``)."""
 
     name: str = ""
-    start: datetime | None = None
-    end: datetime | None = None
+    start: _Time | None = None
+    end: _Time | None = None
     finished: bool | None = None
     error: ErrorInfo | None = None
     output: Any = None
     event_type: str | None = None
 
-    @property
-    def type(self) -> str:
-        """The wire tag of this step, ``"waitForEvent"``."""
-        return "waitForEvent"
 
-
-class TerminationStep(_Model, tag_field="type", tag="termination", frozen=True):
+class TerminationStep(_TaggedStep, tag="termination", frozen=True):
     """The entry recording that an instance was terminated (``type == "termination"``)."""
 
     trigger: Trigger | None = None
-
-    @property
-    def type(self) -> str:
-        """The wire tag of this step, ``"termination"``."""
-        return "termination"
 
     @property
     def name(self) -> str:
@@ -263,9 +272,9 @@ class Instance(_Model, frozen=True):
     """
 
     status: str
-    queued: datetime | None = None
-    start: datetime | None = None
-    end: datetime | None = None
+    queued: _Time | None = None
+    start: _Time | None = None
+    end: _Time | None = None
     error: ErrorInfo | None = None
     output: Any = None
     params: Any = None
@@ -294,10 +303,10 @@ class InstanceSummary(_Model, frozen=True):
 
     id: str
     status: str
-    created_on: datetime | None = None
-    started_on: datetime | None = None
-    ended_on: datetime | None = None
-    modified_on: datetime | None = None
+    created_on: _Time | None = None
+    started_on: _Time | None = None
+    ended_on: _Time | None = None
+    modified_on: _Time | None = None
     version_id: str | None = None
     workflow_id: str | None = None
     trigger_source: str | None = None

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from cfwf_async import _decoding
 from cfwf_async import _protocol as proto
 from cfwf_async.errors import (
     APIResponseValidationError,
@@ -33,6 +34,7 @@ from cfwf_async.models import (
     UnknownStep,
     WaitForEventStep,
 )
+from cfwf_async.testing import make_instance
 
 # Copies of ../shared/samples (answer bodies shaped like the live API's), kept in the
 # repository so that a fresh clone tests the same bodies.
@@ -320,11 +322,19 @@ def test_unknown_fields_are_ignored_everywhere() -> None:
     assert sleep.finished is False
 
 
+@pytest.fixture
+def fresh_decoders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start from the strict decoder, whatever an earlier test decoded."""
+    monkeypatch.setattr(_decoding.RECENT, "by_step", False)
+
+
+@pytest.mark.usefixtures("fresh_decoders")
 def test_unknown_fields_keep_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
     def fallback(body: bytes) -> Any:
         raise AssertionError("the fallback decoder ran for a body of known step types")
 
-    monkeypatch.setattr(proto, "_decode_instance_slow", fallback)
+    monkeypatch.setattr(_decoding, "_instance_by_step", fallback)
+    monkeypatch.setattr(_decoding, "_instance_lenient", fallback)
     body = envelope(
         {"status": "complete", "novel": 1, "steps": [{"type": "step", "name": "x", "new": 2}]}
     )
@@ -398,15 +408,20 @@ def test_step_without_a_usable_type() -> None:
     assert numeric.fields == {"type": 5}
 
 
+@pytest.mark.usefixtures("fresh_decoders")
 def test_all_known_types_never_take_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[bytes] = []
-    real = proto._decode_instance_slow
+    real = _decoding._instance_by_step
 
     def spy(body: bytes) -> Any:
         calls.append(body)
         return real(body)
 
-    monkeypatch.setattr(proto, "_decode_instance_slow", spy)
+    def lenient(body: bytes) -> Any:
+        raise AssertionError("the lenient decoder ran")
+
+    monkeypatch.setattr(_decoding, "_instance_by_step", spy)
+    monkeypatch.setattr(_decoding, "_instance_lenient", lenient)
     proto.decode_instance(sample("instance-errored.json"))
     proto.decode_instance(sample("instance-running-simple.json"))
     assert calls == []
@@ -482,3 +497,146 @@ def test_success_false_on_2xx_is_a_validation_error() -> None:
             decode(body, status=200, cf_ray="r1")
         assert "No route" in str(info.value)
         assert info.value.status_code == 200
+
+
+# ---------------------------------------------------------------------------
+# Unknown step types: typed neighbours, raw fields, the same result on every path
+
+
+def _log_with(unknown_at: int, steps: int = 20) -> bytes:
+    result = make_instance("running", steps=steps)
+    result["steps"][unknown_at] = {"type": "sendEmail", "name": "mail-1", "to": ["a@b.c"]}
+    return envelope(result)
+
+
+@pytest.mark.usefixtures("fresh_decoders")
+@pytest.mark.parametrize("unknown_at", [0, 10, 19])
+def test_unknown_step_anywhere_keeps_every_other_step_typed(unknown_at: int) -> None:
+    body = _log_with(unknown_at)
+    first = proto.decode_instance(body)
+    # The next decode starts on the step-by-step path: the same answer either way.
+    assert _decoding.RECENT.by_step
+    assert proto.decode_instance(body) == first
+    for i, step in enumerate(first.steps):
+        if i == unknown_at:
+            assert step == UnknownStep(
+                type="sendEmail", fields={"type": "sendEmail", "name": "mail-1", "to": ["a@b.c"]}
+            )
+        else:
+            assert isinstance(step, StepRun)
+            assert step.name == f"step {i}-1"
+            assert step.attempts[0].end == utc(2026, 10, 30, 8, 0, 1, 900000)
+    # A log of known types puts the strict decoder first again.
+    known = proto.decode_instance(envelope(make_instance(steps=3)))
+    assert not _decoding.RECENT.by_step
+    assert all(isinstance(s, StepRun) for s in known.steps)
+
+
+def test_the_type_property_is_the_wire_tag() -> None:
+    assert [cls().type for cls in (StepRun, RollbackStep, SleepStep, WaitForEventStep,
+                                   TerminationStep)] == [
+        "step", "rollback", "sleep", "waitForEvent", "termination"
+    ]
+
+
+# ---------------------------------------------------------------------------
+# Numbers the reference types as `number`
+
+
+def test_whole_floats_where_the_reference_says_number() -> None:
+    result = make_instance(steps=2)
+    result["step_count"] = 2.0
+    result["steps"][1]["config"]["retries"]["limit"] = 3.0
+    body = envelope(result, result_info={"count": 1.0, "per_page": 50.0, "total_count": 7.0,
+                                         "page": 1.0, "total_pages": 1.0})
+    inst = proto.decode_instance(body)
+    assert inst.step_count == 2
+    assert type(inst.step_count) is int
+    step = inst.steps[1]
+    assert isinstance(step, StepRun)
+    assert step.config is not None
+    assert step.config.retries is not None
+    assert step.config.retries.limit == 3
+    assert type(step.config.retries.limit) is int
+    page = proto.decode_instance_page(
+        envelope([{"id": "a", "status": "complete"}],
+                 result_info={"count": 1, "per_page": 50.0, "cursor": "c2"})
+    )
+    assert page.cursor == "c2"
+    assert [s.id for s in page.items] == ["a"]
+    out = proto.decode_step_output(
+        envelope({"status": "complete", "output": 1}, result_info={"per_page": 50.0})
+    )
+    assert out.output == 1
+
+
+def test_a_bad_value_inside_a_step_names_the_step() -> None:
+    result = make_instance(steps=3)
+    result["steps"][2]["config"]["retries"]["limit"] = 2.5
+    with pytest.raises(APIResponseValidationError, match=r"\$\.result\.steps\[2\]\.config"
+                       r"\.retries\.limit"):
+        proto.decode_instance(envelope(result))
+    result = make_instance(steps=3)
+    result["steps"][1]["attempts"][0]["success"] = "yes"
+    with pytest.raises(APIResponseValidationError, match=r"\$\.result\.steps\[1\]\.attempts"):
+        proto.decode_instance(envelope(result))
+
+
+# ---------------------------------------------------------------------------
+# Timestamps without an offset are UTC
+
+
+def _aware_everywhere(value: object) -> None:
+    if isinstance(value, datetime):
+        assert value.tzinfo is not None
+        assert value.utcoffset() is not None
+    elif isinstance(value, msgspec.Struct):
+        for name in value.__struct_fields__:
+            _aware_everywhere(getattr(value, name))
+    elif isinstance(value, list):
+        for item in value:
+            _aware_everywhere(item)
+
+
+def test_naive_timestamps_are_utc_everywhere() -> None:
+    naive = "2026-01-01T00:00:00.000"
+    result = make_instance(steps=2)
+    result["queued"] = naive
+    result["steps"][1]["attempts"][0]["end"] = naive
+    result["steps"].append({"type": "sleep", "name": "nap-1", "start": "2026-01-01 00:00:00"})
+    result["params"] = {"when": naive}
+    inst = proto.decode_instance(envelope(result))
+    _aware_everywhere(inst)
+    assert inst.queued == utc(2026, 1, 1)
+    assert inst.steps[1].attempts[0].end == utc(2026, 1, 1)  # type: ignore[union-attr]
+    assert inst.steps[2].start == utc(2026, 1, 1)  # type: ignore[union-attr]
+    assert inst.params == {"when": naive}  # user data is never rewritten
+    # Aware values keep their offset.
+    assert inst.start == utc(2026, 10, 30, 8, 0, 0, 480000)
+    page = proto.decode_instance_page(envelope([
+        {"id": "a", "status": "running", "created_on": naive, "ended_on": ""},
+        {"id": "b", "status": "complete", "created_on": "2026-01-01T00:00:00Z",
+         "modified_on": naive},
+    ]))
+    _aware_everywhere(page.items)
+    assert page.items[0].created_on == utc(2026, 1, 1)
+    assert page.items[0].ended_on is None
+    assert page.items[1].modified_on == utc(2026, 1, 1)
+
+
+@pytest.mark.usefixtures("fresh_decoders")
+def test_naive_timestamp_and_whole_float_inside_one_step_on_both_paths() -> None:
+    result = make_instance(steps=5)
+    result["steps"][3]["end"] = "2026-01-01T00:00:00"
+    result["steps"][3]["config"]["retries"]["limit"] = 4.0
+    body = envelope(result)
+    first = proto.decode_instance(body)
+    assert _decoding.RECENT.by_step
+    assert proto.decode_instance(body) == first
+    step = first.steps[3]
+    assert isinstance(step, StepRun)
+    assert step.end == utc(2026, 1, 1)
+    assert step.config is not None
+    assert step.config.retries is not None
+    assert step.config.retries.limit == 4
+    _aware_everywhere(first)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from cfwf_async import _protocol as proto
 from cfwf_async import errors
+from cfwf_async._retry import MAX_SERVER_WAIT
 from cfwf_async.ratelimit import RateLimitInfo
 
 # ---------------------------------------------------------------------------
@@ -355,3 +356,20 @@ def test_rate_limit_error_carries_retry_after() -> None:
     none = proto.status_error(429, method="GET", path="/p", body=b"", cf_ray=None)
     assert isinstance(none, errors.RateLimitError)
     assert none.retry_after is None
+
+
+def test_server_waits_are_clamped_to_the_longest_believable_wait() -> None:
+    assert proto.parse_retry_after("1e308") == MAX_SERVER_WAIT
+    assert proto.parse_retry_after("901") == MAX_SERVER_WAIT
+    assert proto.parse_retry_after("899.5") == 899.5
+    far = email.utils.format_datetime(datetime(2036, 1, 1, tzinfo=UTC), usegmt=True)
+    assert proto.parse_retry_after(far, now=1_800_000_000.0) == MAX_SERVER_WAIT
+    info = proto.parse_ratelimit('"default";r=10;t=315360000', '"burst";q=1200;w=300')
+    assert info is not None
+    assert info.reset == MAX_SERVER_WAIT
+    assert info.remaining == 10
+    tolerant = proto.parse_ratelimit('"default"; t=1e308; r=3')  # not the exact form
+    assert tolerant is not None
+    assert tolerant.reset == MAX_SERVER_WAIT
+    assert tolerant.remaining == 3
+    assert proto.parse_ratelimit('"default";r=10;t=60') == RateLimitInfo(remaining=10, reset=60.0)

@@ -92,3 +92,19 @@ def test_retry_after_on_a_503_is_honoured_too() -> None:
     assert policy.delay(1, too_long) is None
     # A Retry-After never makes a non-retryable status retryable.
     assert policy.delay(1, errors.NotFoundError("n", status_code=404, retry_after=1.0)) is None
+
+
+@pytest.mark.parametrize("cap", [0.0, 1.0, 60.0])
+def test_never_sleeps_longer_than_the_retry_after_cap(cap: float) -> None:
+    """Whatever the server says and however far the backoff has grown."""
+    policy = RetryPolicy(50, base_delay=30.0, max_delay=1e9, retry_after_cap=cap)
+    rng = random.Random(7)
+    for retry_after in (None, 0.0, cap, cap + 0.001, 900.0, 1e308):
+        for exc in (
+            errors.RateLimitError("r", retry_after=retry_after),
+            errors.InternalServerError("i", status_code=503, retry_after=retry_after),
+        ):
+            for retry in (1, 2, 10, 50):
+                delay = policy.delay(retry, exc, rng)
+                if retry_after is not None:
+                    assert delay is None or delay <= cap

@@ -1,0 +1,434 @@
+"""How answer bodies become models: a strict decoder first, second chances after.
+
+The strict decoders are one typed msgspec pass each, and they run first. Real answers
+have shapes those types cannot express, and each has its own, slower, way through,
+taken only after the strict pass refused the body:
+
+- a step type this version does not know (decoded one step at a time, so the unknown
+  one becomes an :class:`~cfwf_async.models.UnknownStep` and the rest stay typed);
+- a timestamp without an offset, which is UTC; an empty ``ended_on`` in a listing;
+- half a surrogate pair escaped in a string (``"x\\ud83d"``), which JavaScript writes
+  when it cuts a string mid-emoji: replaced by U+FFFD;
+- an error body whose items are strings;
+- a rate-limit header in another shape than Cloudflare's exact one.
+
+Every function raises only :class:`msgspec.DecodeError` (ValidationError included),
+ValueError, TypeError or RecursionError; :mod:`cfwf_async._protocol`, which owns the
+public decoding functions, turns those into the SDK's own exceptions.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
+
+import msgspec
+
+from .models import (
+    Envelope,
+    ErrorItem,
+    Instance,
+    InstanceSummary,
+    KnownStep,
+    RollbackStep,
+    SleepStep,
+    Step,
+    StepOutput,
+    StepRun,
+    TerminationStep,
+    UnknownStep,
+    WaitForEventStep,
+)
+
+T = TypeVar("T")
+
+_KNOWN_STEPS: Final[frozenset[str]] = frozenset(
+    str(cls.__struct_config__.tag)
+    for cls in (StepRun, RollbackStep, SleepStep, WaitForEventStep, TerminationStep)
+)
+
+_instance_decoder: Final = msgspec.json.Decoder(Envelope[Instance])
+_step_output_decoder: Final = msgspec.json.Decoder(Envelope[StepOutput])
+_flat_step_output_decoder: Final = msgspec.json.Decoder(StepOutput)
+_summary_page_decoder: Final = msgspec.json.Decoder(Envelope[list[InstanceSummary]])
+_step_decoder: Final = msgspec.json.Decoder(KnownStep)
+_raw_decoder: Final = msgspec.json.Decoder()
+
+
+# ---------------------------------------------------------------------------
+# Lone surrogates
+
+# Left to right over escapes only, so ``\\\\ud83d`` (an escaped backslash, then text) is
+# never mistaken for an escape: an escaped backslash or a whole pair is kept, a lone
+# half is replaced.
+_ESCAPE_RE: Final = re.compile(
+    rb"\\(?:\\|u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    rb"|(u[dD][89a-fA-F][0-9a-fA-F]{2}))"
+)
+
+
+def _keep_or_replace(m: re.Match[bytes]) -> bytes:
+    return b"\\ufffd" if m.group(1) is not None else m.group(0)
+
+
+def _replace_lone_surrogates(body: bytes) -> bytes | None:
+    """``body`` with every lone surrogate escape replaced by ``\\ufffd``; None if none."""
+    if b"\\u" not in body:
+        return None
+    fixed = _ESCAPE_RE.sub(_keep_or_replace, body)
+    return None if fixed == body else fixed
+
+
+def surrogate_tolerant(decode: Callable[[bytes], T], body: bytes) -> T:
+    """``decode(body)``, run again with lone surrogates replaced if that is why it failed.
+
+    The common body pays nothing: the body is searched for lone surrogates only after
+    msgspec refused it as malformed JSON.
+    """
+    try:
+        return decode(body)
+    except msgspec.DecodeError as exc:
+        # msgspec words this error differently by context, so look at the body instead.
+        fixed = None if isinstance(exc, msgspec.ValidationError) else _replace_lone_surrogates(body)
+        if fixed is None:
+            raise
+    return decode(fixed)
+
+
+# ---------------------------------------------------------------------------
+# Repairs on plain JSON, at known fields only
+
+_NAIVE_RE: Final = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:\.\d+)?")
+_STEP_TIMES: Final = ("start", "end")
+_INSTANCE_TIMES: Final = ("queued", "start", "end")
+_SUMMARY_TIMES: Final = ("created_on", "started_on", "ended_on", "modified_on")
+_INFO_COUNTS: Final = ("count", "per_page", "total_count", "page", "total_pages")
+
+
+def _as_utc(obj: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """Give the timestamps at ``keys`` a ``Z`` when they have no offset: they are UTC.
+
+    Only known timestamp fields are touched, never a string inside ``output`` or
+    ``params`` that happens to look like one.
+    """
+    for key in keys:
+        value = obj.get(key)
+        if isinstance(value, str) and _NAIVE_RE.fullmatch(value):
+            obj[key] = value + "Z"
+
+
+def _as_int(obj: object, keys: tuple[str, ...]) -> None:
+    """Counts the API types as ``number`` and sends as ``50.0``: ints, when whole."""
+    if isinstance(obj, dict):
+        for key in keys:
+            value = obj.get(key)
+            if type(value) is float and value.is_integer():
+                obj[key] = int(value)
+
+
+def _json_envelope(body: bytes) -> dict[str, Any]:
+    """The body as plain JSON, with the envelope's own counts and codes repaired."""
+    doc = _raw_decoder.decode(body)
+    if not isinstance(doc, dict):
+        raise msgspec.ValidationError(f"Expected `object`, got `{type(doc).__name__}`")
+    _as_int(doc.get("result_info"), _INFO_COUNTS)
+    for key in ("errors", "messages"):
+        items = doc.get(key)
+        if isinstance(items, list):
+            for item in items:
+                _as_int(item, ("code",))
+    return doc
+
+
+# ---------------------------------------------------------------------------
+# Steps
+
+
+def _in_step(exc: msgspec.ValidationError, index: int) -> msgspec.ValidationError:
+    """``exc`` with its path placed inside ``$.result.steps[index]``."""
+    text = str(exc)
+    at = f"$.result.steps[{index}]"
+    if "- at `$" in text:
+        return msgspec.ValidationError(text.replace("- at `$", f"- at `{at}", 1))
+    return msgspec.ValidationError(f"{text} - at `{at}`")
+
+
+def _unknown(raw: object, index: int) -> UnknownStep | None:
+    """The step as an UnknownStep if its tag is not a known one, else None."""
+    if not isinstance(raw, dict):
+        raise _in_step(msgspec.ValidationError("a step is not an object"), index)
+    kind = raw.get("type")
+    if isinstance(kind, str) and kind in _KNOWN_STEPS:
+        return None
+    # A missing or non-string tag is "", not "None" or "5", which could pass for a
+    # real type name.
+    return UnknownStep(type=kind if isinstance(kind, str) else "", fields=raw)
+
+
+def _decode_raw_steps(raws: list[msgspec.Raw]) -> tuple[list[Step], bool]:
+    """Typed steps, one decode each; and whether any step needed a second chance.
+
+    A step the strict decoder refuses is decoded as plain JSON: kept raw if its type is
+    unknown, else repaired (a naive timestamp, a whole-number float) and converted.
+    """
+    steps: list[Step] = []
+    found = False
+    for index, raw in enumerate(raws):
+        try:
+            steps.append(_step_decoder.decode(raw))
+            continue
+        except msgspec.ValidationError:
+            found = True
+        plain = _raw_decoder.decode(raw)
+        unknown = _unknown(plain, index)
+        if unknown is not None:
+            steps.append(unknown)
+            continue
+        _repair_step(plain)
+        try:
+            steps.append(msgspec.convert(plain, KnownStep))
+        except msgspec.ValidationError as exc:
+            raise _in_step(exc, index) from None
+    return steps, found
+
+
+def _repair_step(raw: dict[str, Any]) -> None:
+    _as_utc(raw, _STEP_TIMES)
+    attempts = raw.get("attempts")
+    for attempt in attempts if isinstance(attempts, list) else ():
+        if isinstance(attempt, dict):
+            _as_utc(attempt, _STEP_TIMES)
+    config = raw.get("config")
+    if isinstance(config, dict):
+        _as_int(config.get("retries"), ("limit",))
+
+
+def _convert_steps(raws: object) -> list[Step]:
+    """Steps decoded as plain JSON: repaired, typed, unknown types kept as they came."""
+    if not isinstance(raws, list):
+        raise msgspec.ValidationError("Expected `array` - at `$.result.steps`")
+    out: list[Step | None] = []
+    known: list[tuple[int, dict[str, Any]]] = []
+    for index, raw in enumerate(raws):
+        unknown = _unknown(raw, index)
+        out.append(unknown)
+        if unknown is None:
+            _repair_step(raw)
+            known.append((index, raw))
+    try:
+        # One convert for all known steps: far cheaper than one per step.
+        typed = msgspec.convert([raw for _, raw in known], list[KnownStep])
+    except msgspec.ValidationError:
+        for index, raw in known:  # only to name the step that failed
+            try:
+                msgspec.convert(raw, KnownStep)
+            except msgspec.ValidationError as exc:
+                raise _in_step(exc, index) from None
+        raise
+    for (index, _), step in zip(known, typed, strict=True):
+        out[index] = step
+    return [step for step in out if step is not None]
+
+
+# ---------------------------------------------------------------------------
+# Instances
+
+
+class _InstanceHead(Instance, frozen=True):
+    """An instance with its steps left undecoded, to decode them one at a time."""
+
+    steps: list[msgspec.Raw] = msgspec.field(default_factory=list)  # type: ignore[assignment]
+
+
+_head_decoder: Final = msgspec.json.Decoder(Envelope[_InstanceHead])
+_INSTANCE_FIELDS: Final = tuple(f for f in Instance.__struct_fields__ if f != "steps")
+
+
+class _Recent:
+    """Whether the last instance needed the step-by-step path (``by_step``).
+
+    A program polls the same instances, or instances of one workflow, over and over: once
+    a log held a step the strict decoder refuses (an unknown type, a naive timestamp),
+    starting with the step-by-step path saves a strict pass that would fail part-way.
+    It only ever orders two correct paths, so sharing it between sessions and threads
+    is harmless.
+    """
+
+    __slots__ = ("by_step",)
+
+    def __init__(self) -> None:
+        self.by_step = False
+
+
+RECENT: Final = _Recent()
+
+
+def _instance_by_step(body: bytes) -> Envelope[Instance]:
+    """Decode an instance one step at a time, so an unknown type becomes UnknownStep."""
+    env = _head_decoder.decode(body)
+    head = env.result
+    steps: list[Step] = []
+    RECENT.by_step = False
+    if head is not None:
+        steps, RECENT.by_step = _decode_raw_steps(head.steps)
+    instance = None if head is None else Instance(
+        **{name: getattr(head, name) for name in _INSTANCE_FIELDS}, steps=steps
+    )
+    return Envelope(
+        success=env.success,
+        errors=env.errors,
+        messages=env.messages,
+        result=instance,
+        result_info=env.result_info,
+    )
+
+
+def _instance_lenient(body: bytes) -> Envelope[Instance]:
+    """The last resort: decode as plain JSON, repair known fields, then convert."""
+    doc = _json_envelope(body)
+    result = doc.get("result")
+    steps = None
+    if isinstance(result, dict):
+        steps = result.pop("steps", None)
+        _as_utc(result, _INSTANCE_TIMES)
+        _as_int(result, ("step_count",))
+    env = msgspec.convert(doc, Envelope[Instance])
+    if steps is not None and env.result is not None:
+        instance = msgspec.structs.replace(env.result, steps=_convert_steps(steps))
+        env = msgspec.structs.replace(env, result=instance)
+    return env
+
+
+def instance_envelope(body: bytes) -> Envelope[Instance]:
+    """A ``get_instance`` body.
+
+    The strict decoder first (or the step-by-step one, when the last instance needed
+    it); the step-by-step one when the strict one failed inside a step; the lenient one
+    when the others failed (a naive timestamp outside the steps), whose error is the
+    one raised.
+    """
+    try:
+        if RECENT.by_step:
+            return _instance_by_step(body)
+        return _instance_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        if not RECENT.by_step and "`$.result.steps[" in str(exc):
+            try:
+                return _instance_by_step(body)
+            except msgspec.ValidationError:
+                pass
+    return _instance_lenient(body)
+
+
+def step_output_envelope(body: bytes) -> Envelope[StepOutput] | StepOutput:
+    """A ``get_step_output`` JSON body, enveloped or bare."""
+    try:
+        env = _step_output_decoder.decode(body)
+    except msgspec.ValidationError:
+        env = msgspec.convert(_json_envelope(body), Envelope[StepOutput])
+    if env.result is None and env.success is None:
+        # Cloudflare's reference page calls this answer "a flat status-shaped JSON
+        # body" while its schema shows the envelope: accept {status, error, output}
+        # bare too, rather than fail every call if the live API sends it that way.
+        return _flat_step_output_decoder.decode(body)
+    return env
+
+
+def summary_page_envelope(body: bytes) -> Envelope[list[InstanceSummary]]:
+    """A listing page; the lenient path repairs its date-times and counts.
+
+    The API sends ``ended_on: ""`` while an instance runs, which no datetime decodes:
+    pages of finished instances decode in one pass, the others in two.
+    """
+    try:
+        return _summary_page_decoder.decode(body)
+    except msgspec.ValidationError:
+        pass
+    doc = _json_envelope(body)
+    items = doc.get("result")
+    for item in items if isinstance(items, list) else ():
+        if isinstance(item, dict):
+            for key in _SUMMARY_TIMES:
+                if item.get(key) == "":
+                    item[key] = None
+            _as_utc(item, _SUMMARY_TIMES)
+    # One convert for the whole page: half the cost of one per item.
+    return msgspec.convert(doc, Envelope[list[InstanceSummary]])
+
+
+# ---------------------------------------------------------------------------
+# Error bodies
+
+
+def _error_item(raw: object) -> ErrorItem | None:
+    """One ``errors``/``messages`` entry, whatever its shape; None for non-items."""
+    if isinstance(raw, ErrorItem):
+        return raw
+    if isinstance(raw, str):
+        return ErrorItem(message=raw)
+    if not isinstance(raw, dict):
+        return None
+    _as_int(raw, ("code",))
+    try:
+        return msgspec.convert(raw, ErrorItem)
+    except msgspec.ValidationError:
+        # Keep what can be kept of a malformed item: its text is why it was sent.
+        message = raw.get("message")
+        return ErrorItem(message=message if isinstance(message, str) else "")
+
+
+def error_items(raws: object) -> list[ErrorItem]:
+    """Every usable entry of an ``errors`` or ``messages`` value."""
+    if not isinstance(raws, list):
+        return []
+    return [item for item in map(_error_item, raws) if item is not None]
+
+
+class _ErrorBody(msgspec.Struct, gc=False):
+    errors: Any = None
+    messages: Any = None
+
+
+_error_body_decoder: Final = msgspec.json.Decoder(_ErrorBody)
+
+
+def decode_error_body(body: bytes) -> tuple[list[ErrorItem], list[ErrorItem]]:
+    """The ``errors`` and ``messages`` items of a failure's body.
+
+    Both are empty for an HTML, empty or non-envelope body.
+    """
+    if not body or body.lstrip()[:1] != b"{":
+        return [], []
+    try:
+        env = surrogate_tolerant(_error_body_decoder.decode, body)
+    except (msgspec.DecodeError, RecursionError):
+        return [], []
+    return error_items(env.errors), error_items(env.messages)
+
+
+# ---------------------------------------------------------------------------
+# Rate-limit headers
+
+_PARAM_RE: Final = re.compile(r";\s*([A-Za-z][A-Za-z0-9_*-]*)\s*=\s*([^;,\s]+)")
+
+
+def _number(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def header_numbers(value: str, *names: str) -> tuple[float | None, ...]:
+    """Numeric parameters of a structured-field header's first item (RFC 8941, tolerant).
+
+    None for a parameter that is absent, negative, not finite or not a number.
+    """
+    first = value.split(",", 1)[0]
+    params = {k.lower(): v.strip('"') for k, v in _PARAM_RE.findall(first)}
+    return tuple(_number(params.get(name)) for name in names)
