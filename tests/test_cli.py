@@ -29,7 +29,6 @@ from cfwf_async.cli._demo import (
     fill_demo_api,
 )
 from cfwf_async.cli._describe import render_describe
-from cfwf_async.cli._steplog_moved import parse_duration
 from cfwf_async.cli._timeline import render_timeline
 from cfwf_async.models import Instance
 from cfwf_async.testing import FakeWorkflowsAPI
@@ -405,16 +404,3 @@ def test_timeline_marks_slow_step_and_retries() -> None:
     assert bars["charge card-1"].count("▓") == 2  # two failed attempts
     assert "·" in bars["charge card-1"]  # the waits between them
     assert set(bars["settle-1"].strip()) == {"░"}
-
-
-# steplog tests (moved to tests/test_steplog.py at merge)
-
-
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [(1000, 1.0), (30000, 30.0), ("10 seconds", 10.0), ("1 second", 1.0),
-     ("5 minutes", 300.0), ("2 hours", 7200.0), ("1 day", 86400.0), ("250", 0.25),
-     ("[dynamic]", None), ("soon", None), (None, None), (True, None)],
-)
-def test_parse_duration(value: object, seconds: float | None) -> None:
-    assert parse_duration(value) == seconds

@@ -26,7 +26,7 @@ from cfwf_async.cli._demo import demo_instance_states
 from cfwf_async.cli._describe import render_describe
 from cfwf_async.cli._parser import build_parser
 from cfwf_async.models import Instance
-from cfwf_async.testing import FakeWorkflowsAPI
+from cfwf_async.testing import FakeWorkflowsAPI, Fault
 
 pytestmark = pytest.mark.anyio
 
@@ -108,7 +108,7 @@ async def test_server_control_sequences_are_shown_escaped_never_emitted(
 async def test_error_messages_from_the_server_are_escaped(
     hostile_api: FakeWorkflowsAPI, base_url: str
 ) -> None:
-    hostile_api.fail_next(404, errors=[(10001, f"no such thing{HOSTILE}")])
+    hostile_api.inject(Fault.http(404, errors=[(10001, f"no such thing{HOSTILE}")]))
     result = await cfwf("describe", WORKFLOW, INSTANCE, "--base-url", base_url,
                         env=child_env(hostile_api))
     line = assert_clean_error(result, 1)

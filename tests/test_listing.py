@@ -32,7 +32,7 @@ from cfwf_async import (
     WorkflowsSession,
 )
 from cfwf_async import _protocol as proto
-from cfwf_async.testing import FakeWorkflowsAPI, make_instance
+from cfwf_async.testing import FakeWorkflowsAPI, Fault, make_instance
 
 T0 = datetime(2026, 11, 16, 0, 0, tzinfo=UTC)
 LIST_PATH = "/client/v4/accounts/acct/workflows/checkout/instances"
@@ -484,7 +484,7 @@ async def test_a_failed_page_is_retried_like_any_call(
         fake_api.add_summary("checkout", f"order-{i:04d}", summary(i))
     listing = session.list_instances("checkout", per_page=2)
     got = [(await listing.__anext__()).id for _ in range(2)]
-    fake_api.fail_next(429, headers={"Retry-After": "0"})
+    fake_api.inject(Fault.http(429, headers={"Retry-After": "0"}))
     got += [s.id async for s in listing]
     assert got == [f"order-{i:04d}" for i in range(5)]
     cursors = [r.query.get("cursor") for r in fake_api.requests]
@@ -504,7 +504,7 @@ async def test_a_page_failing_after_retries_raises_and_earlier_items_stay(
     ) as session:
         listing = session.list_instances("checkout", per_page=2)
         got = [(await listing.__anext__()).id for _ in range(2)]
-        fake_api.fail_next(429, times=2, headers={"Retry-After": "0"})
+        fake_api.inject(Fault.http(429, headers={"Retry-After": "0"}), times=2)
         with pytest.raises(RateLimitError):
             await drain(listing, got)
         assert [s async for s in listing] == []
@@ -553,7 +553,7 @@ async def test_account_id_per_call_and_typed_errors(
             pass
     assert info.value.cf_ray
     assert fake_api.requests[0].match["account_id"] == "someone-else"
-    fake_api.fail_next(400)
+    fake_api.inject(Fault.http(400))
     with pytest.raises(BadRequestError):
         async for _ in session.list_instances("checkout"):
             pass

@@ -27,7 +27,7 @@ from anyio.abc import TaskStatus
 
 from cfwf_async import Limiter, RateLimit, RateLimitError, WorkflowsSession
 from cfwf_async.ratelimit import RateLimitInfo
-from cfwf_async.testing import FakeWorkflowsAPI, make_instance
+from cfwf_async.testing import FakeWorkflowsAPI, Fault, make_instance
 
 # Loopback scheduling jitter allowed when comparing arrival times with a limit.
 SLACK = 0.06
@@ -279,7 +279,7 @@ async def test_one_429_holds_every_request_started_meanwhile(
     limiter: Callable[[], Limiter | None], retry_after: float
 ) -> None:
     api = _api(1)
-    api.fail_next(429, headers={"Retry-After": f"{retry_after:g}"})
+    api.inject(Fault.http(429, headers={"Retry-After": f"{retry_after:g}"}))
     async with api.serve() as url, _session(
         api, url, rate_limit=limiter(), max_retries=0
     ) as s:
@@ -296,7 +296,7 @@ async def test_one_429_holds_every_request_started_meanwhile(
 @pytest.mark.anyio
 async def test_the_429d_call_itself_retries_after_retry_after() -> None:
     api = _api(1)
-    api.fail_next(429, headers={"Retry-After": "0.5"})
+    api.inject(Fault.http(429, headers={"Retry-After": "0.5"}))
     async with api.serve() as url, _session(api, url, max_retries=1) as s:
         inst = await s.get_instance(WF, "order-0")
     assert inst.status == "complete"
@@ -308,7 +308,7 @@ async def test_the_429d_call_itself_retries_after_retry_after() -> None:
 async def test_a_429_on_one_session_pauses_another_sharing_its_limiter() -> None:
     api = _api(1)
     limit = RateLimit(1200, 300.0)
-    api.fail_next(429, headers={"Retry-After": "0.5"})
+    api.inject(Fault.http(429, headers={"Retry-After": "0.5"}))
     async with (
         api.serve() as url,
         _session(api, url, rate_limit=limit, max_retries=0) as a,

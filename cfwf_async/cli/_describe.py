@@ -21,15 +21,16 @@ from ..models import (
     WaitForEventStep,
 )
 from ..session import WorkflowsSession
-from ._console import EXIT_OK, Console, safe
-from ._format import format_clock, format_error, format_seconds, format_time, json_text, one_line
-from ._steplog_moved import (
+from ..steplog import (
     describe_duration,
+    format_seconds,
     last_successful_step,
     next_retry,
     step_bounds,
     step_state,
 )
+from ._console import EXIT_OK, Console, safe
+from ._format import format_clock, format_error, format_time, json_text, one_line
 from ._timeline import render_timeline
 
 __all__ = ["cmd_describe", "fetch_instance_result", "render_describe"]

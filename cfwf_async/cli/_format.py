@@ -21,29 +21,11 @@ __all__ = [
     "format_bytes",
     "format_clock",
     "format_error",
-    "format_seconds",
     "format_time",
     "json_text",
     "one_line",
     "table",
 ]
-
-
-def format_seconds(seconds: float) -> str:
-    """A short human duration: ``850ms``, ``1.40s``, ``38.0s``, ``4m 09s``, ``2h 03m``."""
-    seconds = max(seconds, 0.0)
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 10:
-        return f"{seconds:.2f}s"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    whole = round(seconds)
-    if whole < 3600:
-        return f"{whole // 60}m {whole % 60:02d}s"
-    if whole < 86400:
-        return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
-    return f"{whole // 86400}d {whole % 86400 // 3600:02d}h"
 
 
 def format_bytes(n: float) -> str:

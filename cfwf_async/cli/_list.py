@@ -11,8 +11,9 @@ import msgspec
 
 from ..models import TERMINAL_STATUSES, InstanceSummary
 from ..session import WorkflowsSession
+from ..steplog import format_seconds
 from ._console import EXIT_OK, Console
-from ._format import Style, format_seconds, format_time, json_text, table
+from ._format import Style, format_time, json_text, table
 
 __all__ = ["cmd_list", "parse_timestamp"]
 

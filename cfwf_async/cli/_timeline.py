@@ -8,9 +8,9 @@ from datetime import datetime
 from typing import Final
 
 from ..models import Instance, Step, StepRun
+from ..steplog import format_seconds, step_bounds, step_state
 from ._console import Console, Glyphs, safe
-from ._format import format_clock, format_seconds
-from ._steplog_moved import step_bounds, step_state
+from ._format import format_clock
 
 __all__ = ["LABEL_WIDTH", "render_timeline"]
 

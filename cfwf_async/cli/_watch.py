@@ -10,8 +10,9 @@ import anyio
 
 from ..models import Instance
 from ..session import _POLL_BACKOFF, WorkflowsSession
+from ..steplog import format_seconds
 from ._console import EXIT_API, EXIT_OK, Console, is_tty
-from ._format import format_error, format_seconds
+from ._format import format_error
 
 __all__ = ["cmd_watch"]
 
