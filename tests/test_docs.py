@@ -169,10 +169,15 @@ async def _run_all(workdir: Path, redis_url: str | None) -> Results:
         script = cwd / f"{block.module}.py"
         script.write_text(block.code, encoding="utf-8")
         cmd = [sys.executable, script.name]
+        block_env = env
         if block.is_test:
-            cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", script.name]
+            # Only the plugin the testing guide says a reader needs: loading every
+            # installed plugin (hypothesis, ...) would double each run's start-up cost.
+            cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                   "-p", "anyio", script.name]
+            block_env = {**env, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
         async with limiter:
-            outcomes[block.id] = await run(cmd, cwd, env)
+            outcomes[block.id] = await run(cmd, cwd, block_env)
 
     mypy: list[Outcome] = []
 
