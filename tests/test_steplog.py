@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
-from cfwf_async._demo import demo_instance_states
+from cfwf_async.cli._demo import demo_instance_states
 
 from cfwf_async.models import (
     Attempt,
