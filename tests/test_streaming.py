@@ -200,14 +200,16 @@ async def test_chunked_body_reads_whole(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("bad", [-1, True, 1.5, "10"])
+@pytest.mark.parametrize(
+    ("bad", "exc"), [(-1, ValueError), (True, TypeError), (1.5, TypeError), ("10", TypeError)]
+)
 async def test_read_cap_must_be_an_int(
-    fake_api: FakeWorkflowsAPI, session: WorkflowsSession, bad: Any
+    fake_api: FakeWorkflowsAPI, session: WorkflowsSession, bad: Any, exc: type[Exception]
 ) -> None:
     fake_api.add_step_output("wf", "run-1", "blob-1", b"abc")
     out = await stream_of(session)
     async with out:
-        with pytest.raises(ValueError, match="max_bytes"):
+        with pytest.raises(exc, match="max_bytes"):
             await out.read(max_bytes=bad)
     assert out.closed
 
