@@ -1,8 +1,5 @@
-"""The one seam between the SDK and aiohttp's (and asyncio's) internals.
-
-Everything that depends on how aiohttp or asyncio behave inside lives here, so that a
-new release that changes them breaks one module (and ``tests/test_transport.py`` says
-which assumption broke):
+"""The one seam between the SDK and aiohttp's (and asyncio's) internals: a release that
+changes them breaks this module only (``tests/test_transport.py`` says what broke).
 
 * :func:`translate` / :func:`mapped` turn aiohttp, ``OSError`` and timeout failures
   into the SDK's errors, for the session's attempts and for a stream's reads alike,
@@ -10,7 +7,8 @@ which assumption broke):
 * :class:`BodyDecoder` decodes ``Content-Encoding`` itself (requests are sent with
   ``auto_decompress=False``): aiohttp's decoder ends a gzip body that stops mid-member
   as if it were complete, and inflates a whole chunk at once however large it grows;
-* :func:`read_body` reads a JSON answer incrementally up to a decoded-size cap;
+* :class:`Sender` sends one GET and classifies its answer, reading JSON bodies with
+  :func:`read_body` up to a decoded-size cap; :class:`Gate` decides when it may leave;
 * :class:`Watchdog` and :func:`shrink_reads` / :func:`restore_reads` work around two
   behaviours of the transport under a long download.
 """
@@ -322,10 +320,8 @@ class Decode(Protocol[T_co]):
 
 
 class Request(Generic[T]):
-    """What every attempt of one API call needs.
-
-    ``decode`` turns a 2xx JSON body into the result; ``on_stream``, when given, takes
-    over a 2xx ``application/octet-stream`` answer instead (and with it the response).
+    """What every attempt of one API call needs: ``decode`` turns a 2xx JSON body into
+    the result; ``on_stream``, if given, takes over a 2xx octet-stream answer instead.
     """
 
     __slots__ = ("decode", "errors", "on_stream", "path", "url")

@@ -17,7 +17,7 @@ from . import _protocol as proto
 from . import _transport as transport
 from . import errors
 from ._resource import AsyncResource
-from ._retry import RetryBudget, RetryPolicy
+from ._retry import RetryBudget, RetryPolicy, clamp_server_wait
 from ._version import __version__
 from .batch import (
     Batch,
@@ -131,7 +131,6 @@ class WorkflowsSession(AsyncResource):
         max_response_bytes: int = _MAX_RESPONSE_BYTES,
     ) -> None:
         api_token, api_email, api_key = _env_credentials(api_token, api_email, api_key)
-        # Raises a ValueError naming the environment variables when there are none.
         headers = proto.auth_headers(api_token=api_token, api_email=api_email, api_key=api_key)
         self._auth_kind: Final = "token" if api_token else "global key"
         if account_id is None:
@@ -583,10 +582,11 @@ class WorkflowsSession(AsyncResource):
     def _retry_delay(
         self, retry: int, exc: errors.WorkflowsError, path: str
     ) -> tuple[float, int] | None:
-        """The wait before retry number ``retry`` and the budget it took, or None."""
+        """The wait before retry ``retry`` (at most MAX_SERVER_WAIT) and its cost, or None."""
         delay = self._policy.delay(retry, exc)
         if delay is None or self._closed:
             return None
+        delay = clamp_server_wait(delay)
         spent = 0
         if self._budget is not None:
             spent = self._budget.try_spend(exc)

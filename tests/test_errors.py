@@ -285,7 +285,6 @@ async def test_validation_errors_are_not_retried(api: FakeWorkflowsAPI, base_url
 # Hardening: no credential in any exception graph, bounded JSON answers, timeouts
 
 import asyncio  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import textwrap  # noqa: E402
 import types  # noqa: E402
@@ -389,15 +388,18 @@ async def test_no_credential_reachable_from_any_raised_error(
             timeout=0.5,
         ) as s:
             with pytest.raises(WorkflowsError) as caught, anyio.fail_after(20):
-                if mode == "stream":
-                    out = await s.get_step_output(mode, "i", name="x")
-                    assert not isinstance(out, StepOutput)
-                    await out.read()
-                else:
-                    await s.get_instance(mode, "i")
+                await _fetch(s, mode)
     assert_no_secret(caught.value, TOKEN, KEY, EMAIL)
     if mode == "bighdr":
         assert isinstance(caught.value, APIConnectionError)
+
+
+async def _fetch(s: WorkflowsSession, mode: str, call: str = "") -> object:
+    """get_step_output (read through) for the stream modes, else get_instance."""
+    if mode == "stream" or call == "get_step_output":
+        out = await s.get_step_output(mode if mode == "stream" else "w", "i", name="x")
+        return out if isinstance(out, StepOutput) else await out.read()
+    return await s.get_instance(mode or "w", "i")
 
 
 def _gzip_bomb(size: int) -> bytes:
@@ -494,10 +496,7 @@ async def test_an_endless_json_body_raises_once_past_max_response_bytes(
         max_response_bytes=1 << 20, timeout=30,
     ) as s:
         with anyio.fail_after(20), pytest.raises(OutputTooLargeError) as caught:
-            if call == "get_instance":
-                await s.get_instance("w", "i")
-            else:
-                await s.get_step_output("w", "i", name="x")
+            await _fetch(s, "", call)
     assert caught.value.limit == 1 << 20
     assert "max_response_bytes" in str(caught.value)
     assert requests == [1]  # not retried
@@ -514,7 +513,8 @@ async def test_content_length_over_max_response_bytes_fails_before_reading(
     ) as s:
         with pytest.raises(OutputTooLargeError) as caught:
             await s.get_instance("w", "i")
-    assert caught.value.size is not None and caught.value.size > 100
+    assert caught.value.size is not None
+    assert caught.value.size > 100
     assert len(fake_api.requests) == 1
 
 

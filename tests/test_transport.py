@@ -66,13 +66,14 @@ async def test_asyncio_socket_transport_has_a_class_max_size_an_instance_shadows
 ) -> None:
     async with _open_body(serve_app) as resp:
         connection = resp.connection
-        assert connection is not None and connection.transport is not None, (
+        tr = None if connection is None else connection.transport
+        assert tr is not None, (
             "aiohttp: ClientResponse.connection.transport is no longer reachable during a "
             "body read; _transport.shrink_reads cannot find the socket transport"
         )
-        tr = connection.transport
         default = getattr(type(tr), "max_size", None)
-        assert isinstance(default, int) and default > transport.READ_SIZE, (
+        assert isinstance(default, int), f"asyncio: {type(tr).__name__}.max_size is gone"
+        assert default > transport.READ_SIZE, (
             f"asyncio: {type(tr).__name__}.max_size is {default!r}, no longer an int class "
             f"attribute above {transport.READ_SIZE}; _transport.shrink_reads is now a no-op"
         )
@@ -119,9 +120,10 @@ async def test_auto_decompress_false_per_request_hands_over_raw_bytes(
 
     app = web.Application()
     app.router.add_get("/", handler)
-    async with serve_app(app) as root, aiohttp.ClientSession() as http:
-        async with http.get(root + "/", auto_decompress=False) as resp:
-            body = await resp.read()
+    async with serve_app(app) as root, aiohttp.ClientSession() as http, http.get(
+        root + "/", auto_decompress=False
+    ) as resp:
+        body = await resp.read()
     assert body == packed, (
         "aiohttp: ClientSession.get(auto_decompress=False) no longer hands over the raw "
         "body; _transport.BodyDecoder would decode twice"
@@ -180,7 +182,8 @@ def test_translate_maps_each_kind_and_leaves_others_alone() -> None:
     assert transport.translate(KeyError("x"), _map()) is None
     assert transport.translate(errors.WorkflowsError("own"), _map()) is None
     closed = transport.translate(ConnectionResetError(), _map(closed=lambda: True))
-    assert closed is not None and "closed" in str(closed)
+    assert closed is not None
+    assert "closed" in str(closed)
 
 
 def test_translate_never_chains_an_exception_that_holds_the_request() -> None:
@@ -191,7 +194,8 @@ def test_translate_never_chains_an_exception_that_holds_the_request() -> None:
     )
     exc = aiohttp.ClientResponseError(info, (), status=400, message="bad")
     failure = transport.translate(exc, _map())
-    assert failure is not None and failure.__cause__ is None
+    assert failure is not None
+    assert failure.__cause__ is None
     plain = ConnectionResetError()
     assert transport.translate(plain, _map()).__cause__ is plain  # type: ignore[union-attr]
 
