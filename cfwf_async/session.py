@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from contextlib import aclosing
 from datetime import datetime
-from types import TracebackType
 from typing import Final, Self, TypeVar
 
 import aiohttp
@@ -15,8 +14,10 @@ import anyio
 from yarl import URL
 
 from . import _protocol as proto
+from . import _transport as transport
 from . import errors
-from ._retry import RetryBudget, RetryPolicy
+from ._resource import AsyncResource
+from ._retry import RetryBudget, RetryPolicy, clamp_server_wait
 from ._version import __version__
 from .batch import (
     Batch,
@@ -46,12 +47,26 @@ class _Default:
 
 
 _DEFAULT: Final = _Default()
-_OCTET_STREAM: Final = "application/octet-stream"
-#: How much longer each wait_for_instance poll waits than the one before.
+#: How much longer each watch_instance poll waits than the one before.
 _POLL_BACKOFF: Final = 1.25
+#: The default cap on a JSON answer's decoded size.
+_MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
 
 
-class WorkflowsSession:
+def _env_credentials(
+    api_token: str | None, api_email: str | None, api_key: str | None
+) -> tuple[str | None, str | None, str | None]:
+    """The credentials given, or else those of the environment (a token first)."""
+    if api_token is None and api_email is None and api_key is None:
+        env = os.environ
+        api_token = env.get("CLOUDFLARE_API_TOKEN") or None
+        if api_token is None:
+            api_email = env.get("CLOUDFLARE_EMAIL") or None
+            api_key = env.get("CLOUDFLARE_API_KEY") or None
+    return api_token, api_email, api_key
+
+
+class WorkflowsSession(AsyncResource):
     """An async client for Cloudflare Workflows' instance and step-output endpoints.
 
     Every argument is optional where the environment can supply it::
@@ -74,14 +89,19 @@ class WorkflowsSession:
         Plain ``http://`` is refused unless the host is loopback or
         ``allow_insecure_http=True``.
     ``timeout``
-        Seconds for one attempt of a JSON call (connect, headers and body). For a
-        streamed output it bounds connecting and each wait for the next chunk, never
-        the whole download.
+        Seconds for one attempt that gets a JSON answer (connect, headers and the whole
+        body). For a streamed output it bounds connecting and each wait for the next
+        chunk, never the whole download.
+    ``max_response_bytes``
+        The largest decoded JSON answer (success or error body) accepted, 64 MiB by
+        default; a larger one raises :class:`OutputTooLargeError` (not retried) having
+        held at most about that much. Streamed outputs are not bounded by it.
     ``max_retries``
         Extra attempts after connection errors, timeouts, 408, 409, 429 and 5xx.
     ``retry_after_cap``
-        A 429 asking to wait longer than this raises :class:`RateLimitError` at once
-        (and so does any call while that wait lasts) instead of sleeping.
+        No call waits longer than this because of what a server said (a 429's
+        ``Retry-After``, a pause or an exhausted quota known to a shared limiter): it
+        raises :class:`RateLimitError` at once, with ``retry_after`` set, instead.
     ``retry_budget``
         A :class:`RetryBudget` shared by every call of the session, so that retries stop
         multiplying load when most calls fail; ``None`` disables it.
@@ -108,60 +128,46 @@ class WorkflowsSession:
         retry_after_cap: float = 60.0,
         retry_budget: RetryBudget | _Default | None = _DEFAULT,
         allow_insecure_http: bool = False,
+        max_response_bytes: int = _MAX_RESPONSE_BYTES,
     ) -> None:
-        env = os.environ
-        if api_token is None and api_email is None and api_key is None:
-            api_token = env.get("CLOUDFLARE_API_TOKEN") or None
-            if api_token is None:
-                api_email = env.get("CLOUDFLARE_EMAIL") or None
-                api_key = env.get("CLOUDFLARE_API_KEY") or None
-        self._headers: Final[dict[str, str]] = {
-            **proto.auth_headers(api_token=api_token, api_email=api_email, api_key=api_key),
-            "User-Agent": f"cfwf_async/{__version__}",
-            # The step endpoint answers raw bytes for streamed outputs: accept both, so a
-            # strict server never refuses a stream over content negotiation.
-            "Accept": "application/json, application/octet-stream",
-        }
+        api_token, api_email, api_key = _env_credentials(api_token, api_email, api_key)
+        headers = proto.auth_headers(api_token=api_token, api_email=api_email, api_key=api_key)
         self._auth_kind: Final = "token" if api_token else "global key"
-
         if account_id is None:
-            account_id = env.get("CLOUDFLARE_ACCOUNT_ID") or None
-        if account_id is not None:
-            proto.check_account_id(account_id)
-        self.account_id: str | None = account_id
-
+            account_id = os.environ.get("CLOUDFLARE_ACCOUNT_ID") or None
+        self.account_id = None if account_id is None else proto.check_account_id(account_id)
         if base_url is None:
-            base_url = env.get("CLOUDFLARE_BASE_URL") or proto.DEFAULT_BASE_URL
+            base_url = os.environ.get("CLOUDFLARE_BASE_URL") or proto.DEFAULT_BASE_URL
         self.base_url: Final[str] = proto.check_base_url(
             base_url, allow_insecure_http=allow_insecure_http
         )
-
         self.timeout: Final[float] = proto.check_timeout("timeout", timeout)
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        proto.check_int("max_retries", max_retries)
+        self.max_response_bytes: Final[int] = proto.check_int(
+            "max_response_bytes", max_response_bytes, minimum=1
+        )
         cap = proto.check_timeout("retry_after_cap", retry_after_cap)
         self._policy: Final = RetryPolicy(max_retries, retry_after_cap=cap)
         self._budget: RetryBudget | None = (
             RetryBudget() if isinstance(retry_budget, _Default) else retry_budget
         )
-
         if isinstance(rate_limit, _Default):
             rate_limit = RateLimit(1200, 300.0)
         if rate_limit is not None and not isinstance(rate_limit, Limiter):
             raise TypeError("rate_limit must be a RateLimit, a Limiter or None")
         self.rate_limit: Final[Limiter | None] = rate_limit
-        self._blocked_until = 0.0
-
+        self._gate: Final = transport.Gate(rate_limit, cap)
         if http_session is not None and not isinstance(http_session, aiohttp.ClientSession):
             raise TypeError("http_session must be an aiohttp.ClientSession")
         self._http = http_session
         self._owns_http: Final = http_session is None
         self._closed = False
-
-        self._json_timeout: Final = aiohttp.ClientTimeout(total=self.timeout)
-        # Streams: bound connecting and each read, never the whole body.
-        self._stream_timeout: Final = aiohttp.ClientTimeout(
-            total=None, connect=self.timeout, sock_read=self.timeout
+        self._headers: Final = transport.request_headers(headers, f"cfwf_async/{__version__}")
+        self._sender: Final = transport.Sender(
+            headers=None if self._owns_http else self._headers,
+            timeout=self.timeout,
+            max_bytes=self.max_response_bytes,
+            gate=self._gate,
         )
 
     def __repr__(self) -> str:
@@ -174,18 +180,14 @@ class WorkflowsSession:
 
     async def __aenter__(self) -> Self:
         self._client()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+        return await super().__aenter__()
 
     async def aclose(self) -> None:
-        """Close the HTTP session if this object created it (a caller's stays open)."""
+        """Close the HTTP session if this object created it (a caller's stays open).
+
+        Calls still in flight fail with :class:`APIConnectionError` and are not
+        retried; a call made afterwards raises :class:`RuntimeError`.
+        """
         self._closed = True
         http, self._http = self._http, None
         if http is not None and self._owns_http and not http.closed:
@@ -201,10 +203,10 @@ class WorkflowsSession:
         http = self._http
         if http is None:
             # Our own session carries our headers, so a request does not merge a dict
-            # into the defaults every time (see _attempt).
+            # into the defaults every time (see _transport.Sender).
             http = self._http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=100, ttl_dns_cache=300),
-                auto_decompress=True,
+                auto_decompress=False,
                 headers=self._headers,
             )
         return http
@@ -240,7 +242,7 @@ class WorkflowsSession:
                 raise TypeError(f"simple must be a bool, got {type(simple).__name__}")
             query["simple"] = "true" if simple else "false"
         path = proto.instance_path(account, workflow_name, instance_id)
-        return await self._call(path, query, self._decode_instance)
+        return await self._call(path, query, proto.decode_instance)
 
     async def get_step_output(
         self,
@@ -276,7 +278,9 @@ class WorkflowsSession:
         if attempt is not None:
             query["attempt"] = str(proto.check_positive_int("attempt", attempt))
         path = proto.instance_path(account, workflow_name, instance_id) + "/step"
-        return await self._call(path, query, self._decode_step_output, stream=True)
+        return await self._call(
+            path, query, proto.decode_step_output, on_stream=self._stream
+        )
 
     def list_instances(
         self,
@@ -314,19 +318,70 @@ class WorkflowsSession:
         path = proto.instances_path(account, workflow_name)
 
         async def fetch(page_query: Mapping[str, str]) -> proto.InstancePage:
-            return await self._call(path, page_query, _decode_instance_page)
+            return await self._call(path, page_query, proto.decode_instance_page)
 
         return InstanceListing(fetch, query)
 
-    # -- waiting and batches (issue 4) ----------------------------------------------
+    # -- waiting and batches -------------------------------------------------------
+
+    def watch_instance(
+        self,
+        workflow_name: str,
+        instance_id: str,
+        *,
+        poll_interval: float = 1.0,
+        max_poll_interval: float = 30.0,
+        simple: bool = True,
+        account_id: str | None = None,
+    ) -> AsyncGenerator[Instance, None]:
+        """Poll an instance, yielding every :class:`Instance` seen, until it ends.
+
+        Each poll is :meth:`get_instance` with ``simple`` (by default no step log, the
+        cheapest answer); the first waits nothing, the next ``poll_interval`` seconds,
+        each later one a quarter longer up to ``max_poll_interval`` (pass the same value
+        for a fixed pace). The iterator ends after yielding the first instance whose
+        status is terminal (``complete``, ``errored``, ``terminated``). Errors of a poll
+        propagate after the session's retries. Arguments are checked here, before any
+        request::
+
+            async for inst in session.watch_instance("checkout", "order-981"):
+                print(inst.status)
+        """
+        account = self._account(account_id)
+        proto.check_workflow_name(workflow_name)
+        proto.check_instance_id(instance_id)
+        interval = proto.check_timeout("poll_interval", poll_interval)
+        ceiling = max(interval, proto.check_timeout("max_poll_interval", max_poll_interval))
+        if not isinstance(simple, bool):
+            raise TypeError(f"simple must be a bool, got {type(simple).__name__}")
+        return self._watch(workflow_name, instance_id, interval, ceiling, simple, account)
+
+    async def _watch(
+        self,
+        workflow_name: str,
+        instance_id: str,
+        interval: float,
+        ceiling: float,
+        simple: bool,
+        account: str,
+    ) -> AsyncGenerator[Instance, None]:
+        while True:
+            polled = await self.get_instance(
+                workflow_name, instance_id, simple=simple, account_id=account
+            )
+            yield polled
+            if polled.is_terminal:
+                return
+            await anyio.sleep(interval)
+            interval = min(interval * _POLL_BACKOFF, ceiling)
 
     async def wait_for_instance(
         self,
         workflow_name: str,
         instance_id: str,
         *,
-        # Pinned by the public API (issue 4): a deadline argument reads better here than
-        # asking every caller to wrap the call in a cancel scope.
+        # A deadline argument reads better here than asking every caller to wrap the
+        # call in a cancel scope.
         timeout: float | None = None,  # noqa: ASYNC109
         poll_interval: float = 1.0,
         max_poll_interval: float = 30.0,
@@ -334,10 +389,11 @@ class WorkflowsSession:
     ) -> Instance:
         """Wait until an instance is ``complete``, ``errored`` or ``terminated``; return it.
 
-        Polls cheaply (``simple=True``, no step log), first ``poll_interval`` seconds
-        apart, then a quarter longer each time up to ``max_poll_interval``; once the
-        status is terminal, fetches and returns the full :class:`Instance`, steps
-        included. Each poll is an API call and counts against the account's quota.
+        Polls cheaply (``simple=True``, no step log) through :meth:`watch_instance`,
+        first ``poll_interval`` seconds apart, then a quarter longer each time up to
+        ``max_poll_interval``; once the status is terminal, fetches and returns the
+        full :class:`Instance`, steps included. Each poll is an API call and counts
+        against the account's quota.
 
         ``timeout`` (seconds, None for no limit) bounds the whole wait, final fetch
         included; when it runs out the builtin :class:`TimeoutError` is raised. Errors
@@ -348,23 +404,23 @@ class WorkflowsSession:
             if inst.status == "errored":
                 print(inst.error)
         """
-        account = self._account(account_id)
-        proto.check_workflow_name(workflow_name)
-        proto.check_instance_id(instance_id)
         deadline = proto.check_timeout("timeout", timeout, allow_none=True)
-        interval = proto.check_timeout("poll_interval", poll_interval)
-        ceiling = max(interval, proto.check_timeout("max_poll_interval", max_poll_interval))
+        polls = self.watch_instance(
+            workflow_name,
+            instance_id,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+            account_id=account_id,
+        )
         status = "unknown"
         with anyio.move_on_after(deadline):
-            while True:
-                polled = await self.get_instance(
-                    workflow_name, instance_id, simple=True, account_id=account
-                )
-                status = polled.status
-                if polled.is_terminal:
-                    return await self.get_instance(workflow_name, instance_id, account_id=account)
-                await anyio.sleep(interval)
-                interval = min(interval * _POLL_BACKOFF, ceiling)
+            async with aclosing(polls):
+                async for polled in polls:
+                    status = polled.status
+                    if polled.is_terminal:
+                        return await self.get_instance(
+                            workflow_name, instance_id, account_id=account_id
+                        )
         raise TimeoutError(
             f"instance {instance_id!r} of workflow {workflow_name!r} did not finish within "
             f"{deadline:g} s (last status: {status})"
@@ -481,187 +537,71 @@ class WorkflowsSession:
     def _account(self, account_id: str | None) -> str:
         return proto.check_account_id(account_id if account_id is not None else self.account_id)
 
-    @staticmethod
-    async def _decode_instance(resp: aiohttp.ClientResponse, ray: str | None) -> Instance:
-        body = await resp.read()
-        return proto.decode_instance(body, status=resp.status, cf_ray=ray)
+    def _stream(self, resp: aiohttp.ClientResponse, ray: str | None) -> StepStream:
+        return StepStream(resp, cf_ray=ray, timeout=self.timeout)
 
-    @staticmethod
-    async def _decode_step_output(
-        resp: aiohttp.ClientResponse, ray: str | None
-    ) -> StepOutput | StepStream:
-        if resp.content_type == _OCTET_STREAM:
-            return StepStream(resp, cf_ray=ray)
-        body = await resp.read()
-        return proto.decode_step_output(body, status=resp.status, cf_ray=ray)
+    def _is_closed(self) -> bool:
+        return self._closed
 
     async def _call(
         self,
         path: str,
         query: Mapping[str, str],
-        decode: Callable[[aiohttp.ClientResponse, str | None], Awaitable[T]],
+        decode: transport.Decode[T],
         *,
-        stream: bool = False,
+        on_stream: Callable[[aiohttp.ClientResponse, str | None], T] | None = None,
     ) -> T:
-        """One API call: limiter, attempt, classify, and retries per the policy."""
+        """One API call: limiter, attempt, classify, and retries per the policy.
+
+        ``decode`` turns a 2xx JSON body into the result; ``on_stream``, when given,
+        takes over a 2xx ``application/octet-stream`` answer instead.
+        """
         http = self._client()
         target = self.base_url + path
         if query:
             target += "?" + proto.query_string(query)
-        url = URL(target, encoded=True)
+        request = transport.Request(
+            path, URL(target, encoded=True), decode, on_stream,
+            timeout=self.timeout, closed=self._is_closed,
+        )
         retry = 0
         spent = 0  # what the latest retry took from the budget
         while True:
+            if self._closed:  # closed while this call waited: never retried
+                raise errors.APIConnectionError(f"GET {path}: the session was closed")
             # Idle fast path: with no limiter and no 429 pause in force there is nothing
             # to wait for, so skip the coroutine round trips.
-            if self.rate_limit is not None or self._blocked_until > time.monotonic():
-                await self._wait_turn()
+            if not self._gate.idle:
+                await self._gate.wait_turn()
             try:
-                result = await self._attempt(http, url, path, decode, stream, retry + 1)
+                result = await self._sender.attempt(http, request, retry + 1)
             except errors.WorkflowsError as exc:
                 retry += 1
-                delay = self._policy.delay(retry, exc)
+                delay = self._retry_delay(retry, exc, path)
                 if delay is None:
                     raise
-                if self._budget is not None:
-                    spent = self._budget.try_spend(exc)
-                    if not spent:
-                        if logger.isEnabledFor(logging.DEBUG):
-                            logger.debug("GET %s not retried: the retry budget is empty", path)
-                        raise
-                if logger.isEnabledFor(logging.DEBUG):
-                    logger.debug(
-                        "GET %s retrying in %.3f s after %s", path, delay, type(exc).__name__
-                    )
-                await anyio.sleep(delay)
+                spent = delay[1]
+                await anyio.sleep(delay[0])
                 continue
             if self._budget is not None:
                 self._budget.refund(spent)
             return result
 
-    async def _attempt(
-        self,
-        http: aiohttp.ClientSession,
-        url: URL,
-        path: str,
-        decode: Callable[[aiohttp.ClientResponse, str | None], Awaitable[T]],
-        stream: bool,
-        attempt: int,
-    ) -> T:
-        started = time.monotonic()
-        resp: aiohttp.ClientResponse | None = None
-        handed_over = False
-        try:
-            resp = await http.get(
-                url,
-                headers=None if self._owns_http else self._headers,
-                timeout=self._stream_timeout if stream else self._json_timeout,
-                allow_redirects=False,
-            )
-            headers = resp.headers
-            status = resp.status
-            ray = headers.get("cf-ray")
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug(
-                    "GET %s -> %d attempt %d in %.1f ms cf-ray %s",
-                    path, status, attempt, (time.monotonic() - started) * 1000, ray,
-                )
-            ratelimit = headers.get("Ratelimit")
-            if ratelimit is not None and self.rate_limit is not None:
-                info = proto.parse_ratelimit(ratelimit, headers.get("Ratelimit-Policy"))
-                if info is not None:
-                    await self.rate_limit.observe(info)
-            if 200 <= status < 300:
-                try:
-                    result = await decode(resp, ray)
-                except aiohttp.ClientPayloadError as exc:
-                    # A 2xx body cut short (or with broken chunking) is a body that does
-                    # not decode; it is not retried like a lost connection.
-                    raise errors.APIResponseValidationError(
-                        f"GET {path}: the {status} answer's body broke off: {exc}",
-                        status_code=status,
-                        cf_ray=ray,
-                    ) from exc
-                handed_over = isinstance(result, StepStream)
-                return result
-            cut_short = False
-            try:
-                body = await resp.read()
-            except aiohttp.ClientPayloadError:
-                # The status still says what went wrong: map (and retry) by status.
-                body, cut_short = b"", True
-            retry_after = proto.parse_retry_after(headers.get("Retry-After"))
-            if status == 429 and retry_after:
-                await self._pause(retry_after)
-            raise proto.status_error(
-                status, method="GET", path=path, body=body, cf_ray=ray, retry_after=retry_after,
-                cut_short=cut_short,
-            )
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            if resp is None:  # an attempt that got a status was logged with it
-                self._log_failure(path, attempt, started, exc)
-            raise errors.APITimeoutError(
-                f"GET {path} timed out after {self.timeout:g} s (attempt {attempt})"
-            ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            if resp is None:  # an attempt that got a status was logged with it
-                self._log_failure(path, attempt, started, exc)
-            # A ClientResponseError carries the request's headers, credentials included:
-            # keep it out of the exception chain.
-            cause = None if isinstance(exc, aiohttp.ClientResponseError) else exc
-            raise errors.APIConnectionError(
-                f"GET {path} failed: {type(exc).__name__}: {_safe_reason(exc)}"
-            ) from cause
-        finally:
-            if resp is not None and not handed_over:
-                resp.release()
-
-    @staticmethod
-    def _log_failure(path: str, attempt: int, started: float, exc: BaseException) -> None:
-        """The per-attempt debug line for an attempt that got no status."""
+    def _retry_delay(
+        self, retry: int, exc: errors.WorkflowsError, path: str
+    ) -> tuple[float, int] | None:
+        """The wait before retry ``retry`` (at most MAX_SERVER_WAIT) and its cost, or None."""
+        delay = self._policy.delay(retry, exc)
+        if delay is None or self._closed:
+            return None
+        delay = clamp_server_wait(delay)
+        spent = 0
+        if self._budget is not None:
+            spent = self._budget.try_spend(exc)
+            if not spent:
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("GET %s not retried: the retry budget is empty", path)
+                return None
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "GET %s -> no answer (%s) attempt %d in %.1f ms",
-                path, type(exc).__name__, attempt, (time.monotonic() - started) * 1000,
-            )
-
-    async def _pause(self, seconds: float) -> None:
-        """A 429 pauses the whole session, and every session sharing its limiter."""
-        self._blocked_until = max(self._blocked_until, time.monotonic() + seconds)
-        if self.rate_limit is not None:
-            await self.rate_limit.pause(seconds)
-
-    async def _wait_turn(self) -> None:
-        """Wait out a 429 pause, then take a slot from the limiter."""
-        if self._blocked_until > time.monotonic():
-            await self._wait_unblocked()
-        if self.rate_limit is not None:
-            await self.rate_limit.acquire()
-            # A 429 may have arrived while we queued in the limiter; the session holds
-            # its own requests even if a custom limiter ignores pause().
-            if self._blocked_until > time.monotonic():
-                await self._wait_unblocked()
-
-    async def _wait_unblocked(self) -> None:
-        """Sleep until the session's 429 pause is over (or fail fast past the cap)."""
-        while (left := self._blocked_until - time.monotonic()) > 0:
-            if left > self._policy.retry_after_cap:
-                raise errors.RateLimitError(
-                    f"Cloudflare rate-limited this session; {left:.0f} s of its Retry-After "
-                    f"remain, over retry_after_cap={self._policy.retry_after_cap:g} s",
-                    retry_after=left,
-                )
-            await anyio.sleep(left)
-
-
-async def _decode_instance_page(
-    resp: aiohttp.ClientResponse, ray: str | None
-) -> proto.InstancePage:
-    body = await resp.read()
-    return proto.decode_instance_page(body, status=resp.status, cf_ray=ray)
-
-
-def _safe_reason(exc: BaseException) -> str:
-    """A transport error's text, which names host and port but never headers."""
-    text = str(exc)
-    return text if len(text) < 300 else text[:300] + "..."
+            logger.debug("GET %s retrying in %.3f s after %s", path, delay, type(exc).__name__)
+        return delay, spent

@@ -239,7 +239,10 @@ def test_missing_credentials_fail_at_construction() -> None:
         ({"timeout": 0}, ValueError, "timeout"),
         ({"timeout": "5"}, TypeError, "timeout"),
         ({"max_retries": -1}, ValueError, "max_retries"),
-        ({"max_retries": True}, ValueError, "max_retries"),
+        ({"max_retries": True}, TypeError, "max_retries"),
+        ({"max_retries": 1.5}, TypeError, "max_retries"),
+        ({"max_response_bytes": 0}, ValueError, "max_response_bytes"),
+        ({"max_response_bytes": 2.0**20}, TypeError, "max_response_bytes"),
         ({"retry_after_cap": -1.0}, ValueError, "retry_after_cap"),
         ({"account_id": ""}, ValueError, "account_id"),
         ({"base_url": "http://api.example.com/v4"}, ValueError, "base_url"),
@@ -860,3 +863,159 @@ async def test_quickstart_example_runs(capsys: pytest.CaptureFixture[str]) -> No
     printed = capsys.readouterr().out
     assert "instance order-981: complete, 3 steps" in printed
     assert "5,242,880 bytes streamed" in printed
+
+
+# ---------------------------------------------------------------------------
+# Closing under calls in flight; server-supplied waits bounded by retry_after_cap
+
+
+@pytest.mark.anyio
+async def test_aclose_fails_calls_in_flight_with_a_workflows_error_and_no_retry(
+    serve_app: ServeApp,
+) -> None:
+    arrived: list[int] = []
+    all_in = anyio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        arrived.append(1)
+        if len(arrived) == 3:
+            all_in.set()
+        await anyio.sleep(30)
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/v4/accounts/a/workflows/w/instances/{id}", hang)
+    outcomes: list[BaseException] = []
+    async with serve_app(app) as root:
+        s = WorkflowsSession(
+            api_token="t", account_id="a", base_url=root + "/v4", rate_limit=None,
+            max_retries=3, timeout=20,
+        )
+
+        async def call(n: int) -> None:
+            try:
+                await s.get_instance("w", f"i{n}")
+            except BaseException as exc:
+                outcomes.append(exc)
+
+        with anyio.fail_after(15):
+            async with anyio.create_task_group() as tg:
+                for n in range(3):
+                    tg.start_soon(call, n)
+                await all_in.wait()
+                await s.aclose()
+        assert len(outcomes) == 3
+        for exc in outcomes:
+            assert isinstance(exc, APIConnectionError), repr(exc)
+            assert "closed" in str(exc)
+        assert len(arrived) == 3, "nothing may be retried after close"
+        # A call made after close is a programming error, pinned as RuntimeError.
+        with pytest.raises(RuntimeError, match="closed"):
+            await s.get_instance("w", "i9")
+
+
+class _HoldingLimiter:
+    """A limiter that knows its server-imposed hold and honours acquire_within."""
+
+    def __init__(self) -> None:
+        self.until = 0.0
+        self.pauses: list[float] = []
+        self.within: list[float] = []
+        self.acquired = 0
+
+    async def acquire(self) -> None:
+        await anyio.sleep(max(0.0, self.until - time.monotonic()))
+        self.acquired += 1
+
+    async def acquire_within(self, max_wait: float) -> None:
+        self.within.append(max_wait)
+        left = self.until - time.monotonic()
+        if left > max_wait:
+            raise RateLimitError("held by the limiter", retry_after=left)
+        await self.acquire()
+
+    async def pause(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        self.until = max(self.until, time.monotonic() + seconds)
+
+    async def observe(self, info: Any) -> None:
+        pass
+
+
+def _429_app(retry_after: str, hits: list[int]) -> web.Application:
+    async def limited(request: web.Request) -> web.Response:
+        hits.append(1)
+        return web.json_response(
+            {"success": False, "errors": [{"code": 971, "message": "slow down"}]},
+            status=429, headers={"Retry-After": retry_after},
+        )
+
+    app = web.Application()
+    app.router.add_get("/v4/accounts/a/workflows/w/instances/i", limited)
+    return app
+
+
+@pytest.mark.anyio
+async def test_a_pause_heard_by_one_session_fails_another_fast_past_its_cap(
+    serve_app: ServeApp,
+) -> None:
+    hits: list[int] = []
+    limiter = _HoldingLimiter()
+    async with serve_app(_429_app("300", hits)) as root:
+        common: dict[str, Any] = {
+            "api_token": "t", "account_id": "a", "base_url": root + "/v4",
+            "rate_limit": limiter, "max_retries": 0,
+        }
+        async with WorkflowsSession(retry_after_cap=600, **common) as patient, WorkflowsSession(
+            retry_after_cap=5, **common
+        ) as hasty:
+            with pytest.raises(RateLimitError):
+                await patient.get_instance("w", "i")
+            assert limiter.pauses == [300.0]
+            with anyio.fail_after(5), pytest.raises(RateLimitError) as caught:
+                await hasty.get_instance("w", "i")
+    assert caught.value.retry_after is not None
+    assert caught.value.retry_after > 290
+    assert limiter.within == [600, 5]
+    assert hits == [1], "the hasty call must not have been sent"
+
+
+@pytest.mark.anyio
+async def test_a_server_wait_is_clamped_to_max_server_wait(serve_app: ServeApp) -> None:
+    from cfwf_async._retry import MAX_SERVER_WAIT
+
+    hits: list[int] = []
+    limiter = _HoldingLimiter()
+    async with serve_app(_429_app("1000000", hits)) as root, WorkflowsSession(
+        api_token="t", account_id="a", base_url=root + "/v4", rate_limit=limiter,
+        max_retries=0, retry_after_cap=10_000_000,
+    ) as s:
+        with pytest.raises(RateLimitError):
+            await s.get_instance("w", "i")
+        assert limiter.pauses == [MAX_SERVER_WAIT]
+        # The session's own pause is clamped as well: a caller with a larger cap would
+        # wait at most MAX_SERVER_WAIT, not the server's eleven days.
+        assert s._gate.blocked_until - time.monotonic() <= MAX_SERVER_WAIT
+
+
+@pytest.mark.anyio
+async def test_a_limiter_with_only_the_protocol_methods_still_works(
+    api: FakeWorkflowsAPI, base_url: str
+) -> None:
+    class Plain:
+        def __init__(self) -> None:
+            self.acquired = 0
+
+        async def acquire(self) -> None:
+            self.acquired += 1
+
+        async def pause(self, seconds: float) -> None:
+            pass
+
+        async def observe(self, info: Any) -> None:
+            pass
+
+    plain = Plain()
+    async with make_session(api, base_url, rate_limit=plain) as s:
+        await s.get_instance("checkout", "order-981")
+    assert plain.acquired == 1

@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from cfwf_async import (
+    APIResponseValidationError,
     APITimeoutError,
     OutputTooLargeError,
     StepOutput,
@@ -200,14 +201,16 @@ async def test_chunked_body_reads_whole(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("bad", [-1, True, 1.5, "10"])
+@pytest.mark.parametrize(
+    ("bad", "exc"), [(-1, ValueError), (True, TypeError), (1.5, TypeError), ("10", TypeError)]
+)
 async def test_read_cap_must_be_an_int(
-    fake_api: FakeWorkflowsAPI, session: WorkflowsSession, bad: Any
+    fake_api: FakeWorkflowsAPI, session: WorkflowsSession, bad: Any, exc: type[Exception]
 ) -> None:
     fake_api.add_step_output("wf", "run-1", "blob-1", b"abc")
     out = await stream_of(session)
     async with out:
-        with pytest.raises(ValueError, match="max_bytes"):
+        with pytest.raises(exc, match="max_bytes"):
             await out.read(max_bytes=bad)
     assert out.closed
 
@@ -562,3 +565,187 @@ async def test_no_unclosed_warnings_after_streams(
         gc.collect()
     assert [str(w.message) for w in caught if "nclosed" in str(w.message)] == []
     assert not [r for r in caplog.records if "nclosed" in r.getMessage()]
+
+
+# ---------------------------------------------------------------------------
+# Compressed bodies cut short with intact HTTP framing; saving through _files
+
+import zlib  # noqa: E402
+
+try:
+    import brotli  # type: ignore[import-not-found]  # noqa: F401
+    HAS_BROTLI = True
+except ImportError:
+    try:
+        import brotlicffi  # type: ignore[import-not-found]  # noqa: F401
+        HAS_BROTLI = True
+    except ImportError:
+        HAS_BROTLI = False
+
+
+def _compress(encoding: str, data: bytes) -> bytes:
+    if encoding == "br":
+        import brotli  # type: ignore[import-not-found]
+
+        return bytes(brotli.compress(data))
+    packer = zlib.compressobj(6, zlib.DEFLATED, 31 if encoding == "gzip" else 15)
+    return packer.compress(data) + packer.flush()
+
+
+def _encoded_app(
+    body: bytes, encoding: str, content_type: str, *, chunked: bool
+) -> web.Application:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_type = content_type
+        resp.headers["Content-Encoding"] = encoding
+        if chunked:
+            resp.enable_chunked_encoding()
+        else:
+            resp.content_length = len(body)  # matches what is sent: framing is intact
+        await resp.prepare(request)
+        for i in range(0, len(body), 64 * 1024):
+            await resp.write(body[i : i + 64 * 1024])
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get(ROUTE, handler)
+    app.router.add_get(ROUTE.removesuffix("/step"), handler)
+    return app
+
+
+_ENCODINGS = ["gzip", "deflate", pytest.param("br", marks=pytest.mark.skipif(
+    not HAS_BROTLI, reason="neither brotli nor brotlicffi is installed"))]
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+async def _consume(out: StepStream, how: str, path: Path) -> None:
+    if how == "iterate":
+        async for _ in out:
+            pass
+    elif how == "read":
+        await out.read()
+    else:
+        await out.save(path)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("encoding", _ENCODINGS)
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("how", ["iterate", "read", "save"])
+async def test_a_compressed_stream_cut_short_raises_stream_error(
+    serve_app: ServeApp, tmp_path: Path, encoding: str, chunked: bool, how: str
+) -> None:
+    packed = _compress(encoding, pattern(4 * MiB))
+    cut = packed[: len(packed) // 4]
+    app = _encoded_app(cut, encoding, "application/octet-stream", chunked=chunked)
+    async with serve_app(app) as root, plain_session(root) as s:
+        out = await plain_stream(s)
+        with anyio.fail_after(20), pytest.raises(StreamError):
+            await _consume(out, how, tmp_path / "out.bin")
+        assert out.closed
+    assert _names(tmp_path) == []  # no file, no temporary file
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_complete_compressed_stream_is_decoded(
+    serve_app: ServeApp, encoding: str
+) -> None:
+    payload = pattern(3 * MiB)
+    app = _encoded_app(_compress(encoding, payload), encoding, "application/octet-stream",
+                       chunked=True)
+    async with serve_app(app) as root, plain_session(root) as s:
+        out = await plain_stream(s)
+        sizes: list[int] = []
+        body = bytearray()
+        async for chunk in out:
+            sizes.append(len(chunk))
+            body += chunk
+    assert bytes(body) == payload
+    assert max(sizes) <= 128 * 1024  # decoded piece by piece, never all at once
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+@pytest.mark.parametrize("call", ["get_instance", "get_step_output"])
+async def test_a_compressed_json_answer_cut_short_is_a_validation_error(
+    serve_app: ServeApp, encoding: str, call: str
+) -> None:
+    doc = b'{"success":true,"result":{"status":"running","output":"' + pattern(1 << 10) * 64
+    packed = _compress(encoding, doc + b'"}}')
+    app = _encoded_app(packed[:-20], encoding, "application/json", chunked=False)
+    async with serve_app(app) as root, plain_session(root) as s:
+        fetch = s.get_instance("w", "i") if call == "get_instance" else s.get_step_output(
+            "w", "i", name="s"
+        )
+        with pytest.raises(APIResponseValidationError):
+            await fetch
+
+
+def _plant_links(folder: Path) -> tuple[Path, Path]:
+    """A victim file, linked from the old temporary name and from the target itself."""
+    victim = folder / "victim"
+    victim.write_bytes(b"precious")
+    (folder / "out.bin.part").symlink_to(victim)
+    target = folder / "out.bin"
+    target.symlink_to(victim)
+    return victim, target
+
+
+def _read(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def _is_link(path: Path) -> bool:
+    return path.is_symlink()
+
+
+@pytest.mark.anyio
+async def test_save_never_writes_through_a_planted_link(
+    fake_api: FakeWorkflowsAPI, session: WorkflowsSession, tmp_path: Path
+) -> None:
+    payload = pattern(300_000)
+    fake_api.add_step_output("wf", "run-1", "blob-1", payload)
+    victim, target = _plant_links(tmp_path)
+    assert await (await stream_of(session)).save(target) == len(payload)
+    assert _read(victim) == b"precious"
+    assert not _is_link(target)
+    assert _read(target) == payload
+    assert _names(tmp_path) == ["out.bin", "out.bin.part", "victim"]
+
+
+@pytest.mark.anyio
+async def test_two_concurrent_saves_to_one_path_both_complete(
+    fake_api: FakeWorkflowsAPI, session: WorkflowsSession, tmp_path: Path
+) -> None:
+    payload = pattern(2 * MiB)
+    fake_api.add_step_output("wf", "run-1", "blob-1", payload)
+    target = tmp_path / "out.bin"
+    sizes: list[int] = []
+
+    async def save() -> None:
+        sizes.append(await (await stream_of(session)).save(target))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(save)
+        tg.start_soon(save)
+    assert sizes == [len(payload)] * 2
+    assert _read(target) == payload
+    assert _names(tmp_path) == ["out.bin"]
+
+
+@pytest.mark.anyio
+async def test_save_to_a_directory_is_refused_and_the_stream_released(
+    fake_api: FakeWorkflowsAPI, session: WorkflowsSession, tmp_path: Path
+) -> None:
+    fake_api.add_step_output("wf", "run-1", "blob-1", b"abc")
+    out = await stream_of(session)
+    with pytest.raises(ValueError, match="path"):
+        await out.save(tmp_path)
+    assert out.closed
+    assert _names(tmp_path) == []

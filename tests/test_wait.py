@@ -138,3 +138,83 @@ async def test_invalid_arguments_fail_before_any_request(
         with pytest.raises(error, match=name):
             await session.wait_for_instance(**args)
     assert api.requests == []
+
+
+# ---------------------------------------------------------------------------
+# watch_instance: every poll, until the first terminal one
+
+
+class _Sleeps:
+    """Records the session's poll waits (and yields without waiting them)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.waits: list[float] = []
+        real = anyio.sleep
+
+        async def sleep(seconds: float) -> None:
+            self.waits.append(seconds)
+            await real(0)
+
+        monkeypatch.setattr("cfwf_async.session.anyio.sleep", sleep)
+
+
+@pytest.mark.anyio
+async def test_watch_yields_every_poll_and_ends_after_the_terminal_one(
+    serve_app: ServeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sleeps = _Sleeps(monkeypatch)
+    async with _finishing_after(serve_app, polls=3, final="errored") as (api, session):
+        seen = [i.status async for i in session.watch_instance(WF, ID, poll_interval=0.5)]
+    assert seen == ["running", "running", "running", "errored"]
+    # Only cheap polls, and none after the terminal one.
+    assert _simple(api) == [True, True, True, True]
+    # The default backoff: a quarter longer each time.
+    assert sleeps.waits == [0.5, 0.625, 0.78125]
+
+
+@pytest.mark.anyio
+async def test_watch_at_a_fixed_pace_and_with_the_step_log(
+    serve_app: ServeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sleeps = _Sleeps(monkeypatch)
+    async with _finishing_after(serve_app, polls=4) as (api, session):
+        polls = session.watch_instance(
+            WF, ID, poll_interval=2, max_poll_interval=2, simple=False
+        )
+        seen = [i async for i in polls]
+    assert [i.status for i in seen] == ["running"] * 4 + ["complete"]
+    assert seen[-1].steps  # simple=False: the step log comes with every poll
+    assert [r.query.get("simple") for r in api.requests] == ["false"] * 5
+    assert sleeps.waits == [2.0] * 4
+
+
+@pytest.mark.anyio
+async def test_watch_backoff_stops_at_max_poll_interval(
+    serve_app: ServeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sleeps = _Sleeps(monkeypatch)
+    async with _finishing_after(serve_app, polls=5) as (_api, session):
+        async for _ in session.watch_instance(WF, ID, poll_interval=1, max_poll_interval=1.5):
+            pass
+    assert sleeps.waits == [1.0, 1.25, 1.5, 1.5, 1.5]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        ({"poll_interval": 0}, ValueError, "poll_interval"),
+        ({"max_poll_interval": "1"}, TypeError, "max_poll_interval"),
+        ({"simple": 1}, TypeError, "simple"),
+        ({"instance_id": ".."}, ValueError, "instance_id"),
+        ({"account_id": ""}, ValueError, "account_id"),
+    ],
+)
+async def test_watch_checks_arguments_when_called_not_when_iterated(
+    serve_app: ServeApp, kwargs: dict[str, Any], error: type[Exception], name: str
+) -> None:
+    args = {"workflow_name": WF, "instance_id": ID, **kwargs}
+    async with _finishing_after(serve_app, polls=0) as (api, session):
+        with pytest.raises(error, match=name):
+            session.watch_instance(**args)  # no await, no iteration
+    assert api.requests == []
