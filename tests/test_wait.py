@@ -27,7 +27,10 @@ ServeApp = Callable[[web.Application], AbstractAsyncContextManager[str]]
 async def _finishing_after(
     serve_app: ServeApp, polls: int | None, final: str = "complete"
 ) -> AsyncIterator[tuple[FakeWorkflowsAPI, WorkflowsSession]]:
-    """An instance that is ``running`` for ``polls`` polls, then ``final`` (never if None)."""
+    """An instance that is ``running`` for ``polls`` polls, then ``final`` (never if None).
+
+    A poll is any request with a ``simple`` query (watch_instance may poll with the step
+    log, ``simple=false``)."""
     api = FakeWorkflowsAPI()
     api.add_instance(WF, ID, make_instance("running", steps=2))
     seen = 0
@@ -37,7 +40,7 @@ async def _finishing_after(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         nonlocal seen
-        if request.query.get("simple") == "true":
+        if "simple" in request.query:  # a poll (the final full fetch sends none)
             seen += 1
             if polls is not None and seen > polls:
                 api.add_instance(WF, ID, make_instance(final, steps=3))
