@@ -16,7 +16,15 @@ streamed bytes::
 
 from ._retry import RetryBudget
 from ._version import __version__
-from .batch import Batch, BatchProgress, BatchResult, StepRef, StreamedOutput
+from .batch import (
+    Batch,
+    BatchFailure,
+    BatchProgress,
+    BatchResult,
+    BatchSuccess,
+    StepRef,
+    StreamedOutput,
+)
 from .errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -41,6 +49,7 @@ from .models import (
     Attempt,
     ErrorInfo,
     ErrorItem,
+    ErrorSource,
     Instance,
     InstanceRollback,
     InstanceSummary,
@@ -72,11 +81,14 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "Batch",
+    "BatchFailure",
     "BatchProgress",
     "BatchResult",
+    "BatchSuccess",
     "ConflictError",
     "ErrorInfo",
     "ErrorItem",
+    "ErrorSource",
     "Instance",
     "InstanceListing",
     "InstanceRollback",

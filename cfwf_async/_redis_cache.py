@@ -53,6 +53,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from . import _protocol as proto
+from ._redis_common import as_text, describe, scrub, url_password
 from ._resource import AsyncResource
 from .cache import (
     CacheKey,
@@ -170,8 +171,6 @@ class RedisCache(AsyncResource):
         seconds (connect and read timeouts of 1 s, one reconnect); ``redis_options`` go
         to :func:`redis.asyncio.from_url` and override those defaults.
         """
-        from .redis import _scrub, _url_password
-
         if not isinstance(url, str):
             raise TypeError(f"url must be a str, got {type(url).__name__}")
         if not url.startswith(("redis://", "rediss://", "unix://")):
@@ -186,7 +185,7 @@ class RedisCache(AsyncResource):
             client = aioredis.from_url(url, **options)
         except (ValueError, TypeError) as exc:
             raise ValueError(
-                f"url is not a usable Redis URL: {_scrub(str(exc), _url_password(url))}"
+                f"url is not a usable Redis URL: {scrub(str(exc), url_password(url))}"
             ) from None
         self = cls(client, ttl=ttl, terminal_ttl=terminal_ttl, prefix=prefix,
                    retry_interval=retry_interval)
@@ -324,16 +323,12 @@ class RedisCache(AsyncResource):
             logger.warning("Redis at %s answers again; the shared cache is back", self._where())
 
     def _where(self) -> str:
-        from .redis import _describe
-
-        return _describe(self._client.connection_pool.connection_kwargs)
+        return describe(self._client.connection_pool.connection_kwargs)
 
     def _reason(self, exc: BaseException) -> str:
-        from .redis import _as_text, _scrub
-
         text = f"{type(exc).__name__}: {exc}"
-        password = _as_text(self._client.connection_pool.connection_kwargs.get("password"))
-        return _scrub(text[:300], password)
+        password = as_text(self._client.connection_pool.connection_kwargs.get("password"))
+        return scrub(text[:300], password)
 
 
 def _as_bytes(value: object) -> bytes:

@@ -20,7 +20,6 @@ import itertools
 import logging
 import math
 import random
-import re
 import secrets
 import time
 from collections import deque
@@ -40,13 +39,15 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ._protocol import check_int, check_number, check_str, check_timeout
+from ._redis_cache import RedisCache
+from ._redis_common import as_text, describe, host_port, scrub, url_password
 from ._resource import AsyncResource
 from ._retry import MAX_SERVER_WAIT, clamp_server_wait
 from .errors import RateLimiterUnavailableError
 from .models import RateLimitInfo
 from .ratelimit import Limiter, server_wait_error
 
-__all__ = ["RedisRateLimit"]
+__all__ = ["RedisCache", "RedisRateLimit"]
 
 logger = logging.getLogger("cfwf_async.redis")
 
@@ -127,7 +128,6 @@ return 0
 #: Most acquisitions asked for in one round trip (Lua's stack bounds a script's arguments).
 _MAX_BATCH: Final = 256
 
-_URL_CREDENTIALS: Final = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^@/\s]*@")
 
 
 class RedisRateLimit(AsyncResource):
@@ -203,8 +203,8 @@ class RedisRateLimit(AsyncResource):
         self._down_until = 0.0  # with a fallback: skip Redis until then (monotonic)
         self._down = False
         kwargs = client.connection_pool.connection_kwargs
-        self._password: Final[str | None] = _as_text(kwargs.get("password"))
-        self._where: Final = _describe(kwargs)
+        self._password: Final[str | None] = as_text(kwargs.get("password"))
+        self._where: Final = describe(kwargs)
 
     @classmethod
     def from_url(
@@ -241,7 +241,7 @@ class RedisRateLimit(AsyncResource):
         except (ValueError, TypeError) as exc:
             # redis-py's message may quote the URL, password included.
             raise ValueError(
-                f"url is not a usable Redis URL: {_scrub(str(exc), _url_password(url))}"
+                f"url is not a usable Redis URL: {scrub(str(exc), url_password(url))}"
             ) from None
         # Nothing is connected yet, so a refused argument below leaks no socket.
         self = cls(client, requests=requests, period=period, key=key, margin=margin,
@@ -516,10 +516,10 @@ class RedisRateLimit(AsyncResource):
         text = f"{type(exc).__name__}: {exc}"
         if len(text) > 300:
             text = text[:300] + "..."
-        return _scrub(text, self._password)
+        return scrub(text, self._password)
 
     def _error(self, message: str) -> RateLimiterUnavailableError:
-        host, port = _host_port(self._client.connection_pool.connection_kwargs)
+        host, port = host_port(self._client.connection_pool.connection_kwargs)
         return RateLimiterUnavailableError(
             f"the shared rate limit's Redis {message}; no request was sent", host=host, port=port
         )
@@ -557,43 +557,3 @@ class _Waiter:
 
 def _is_wrong_type(exc: BaseException) -> bool:
     return isinstance(exc, ResponseError) and str(exc).startswith(_WRONG_TYPE)
-
-
-def _as_text(value: object) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value if isinstance(value, str) and value else None
-
-
-def _host_port(kwargs: dict[str, Any]) -> tuple[str, int | None]:
-    path = kwargs.get("path")
-    if path:
-        return str(path), None
-    port = kwargs.get("port", 6379)
-    return str(kwargs.get("host", "localhost")), int(port) if port is not None else None
-
-
-def _describe(kwargs: dict[str, Any]) -> str:
-    """``host:port/db`` (or ``unix:path/db``), never credentials."""
-    host, port = _host_port(kwargs)
-    db = kwargs.get("db", 0)
-    if port is None:
-        return f"unix:{host}/{db}"
-    shown = f"[{host}]" if ":" in host else host
-    return f"{shown}:{port}/{db}"
-
-
-def _url_password(url: str) -> str | None:
-    match = re.match(r"(?i)[a-z][a-z0-9+.-]*://([^@/\s]*)@", url)
-    if match is None:
-        return None
-    userinfo = match.group(1)
-    return userinfo.split(":", 1)[1] if ":" in userinfo else userinfo or None
-
-
-def _scrub(text: str, password: str | None) -> str:
-    """Remove a password and any URL credentials from a text meant for people."""
-    text = _URL_CREDENTIALS.sub(r"\1***@", text)
-    if password:
-        text = text.replace(password, "***")
-    return text

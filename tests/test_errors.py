@@ -27,7 +27,7 @@ from cfwf_async import (
     WorkflowsSession,
 )
 from cfwf_async.models import ErrorItem
-from cfwf_async.testing import FakeWorkflowsAPI, make_instance
+from cfwf_async.testing import FakeWorkflowsAPI, Fault, make_instance
 
 # ---------------------------------------------------------------------------
 # The tree
@@ -130,7 +130,9 @@ MAPPING = [
 async def test_envelope_errors_map_by_status(
     api: FakeWorkflowsAPI, no_retry: WorkflowsSession, status: int, cls: type[APIStatusError]
 ) -> None:
-    api.fail_next(status, errors=[(7000 + status, f"Cloudflare says {status}"), (1, "and more")])
+    api.inject(Fault.http(
+        status, errors=[(7000 + status, f"Cloudflare says {status}"), (1, "and more")]
+    ))
     with pytest.raises(APIStatusError) as info:
         await no_retry.get_instance("wf", "i1")
     exc = info.value
@@ -166,7 +168,9 @@ async def test_html_and_empty_error_bodies_map_by_status(
     api: FakeWorkflowsAPI, no_retry: WorkflowsSession, status: int, body: bytes,
     content_type: str,
 ) -> None:
-    api.fail_next(status, body=body, content_type=content_type, headers={"cf-ray": "edge-1"})
+    api.inject(Fault.http(
+        status, body=body, content_type=content_type, headers={"cf-ray": "edge-1"}
+    ))
     with pytest.raises(APIStatusError) as info:
         await no_retry.get_step_output("wf", "i1", name="s")
     exc = info.value
@@ -181,7 +185,7 @@ async def test_html_and_empty_error_bodies_map_by_status(
 
 @pytest.mark.anyio
 async def test_rate_limit_retry_after(api: FakeWorkflowsAPI, no_retry: WorkflowsSession) -> None:
-    api.fail_next(429, headers={"Retry-After": "17"})
+    api.inject(Fault.http(429, headers={"Retry-After": "17"}))
     with pytest.raises(RateLimitError) as info:
         await no_retry.get_instance("wf", "i1")
     assert info.value.retry_after == 17
@@ -192,7 +196,7 @@ async def test_rate_limit_retry_after(api: FakeWorkflowsAPI, no_retry: Workflows
 async def test_a_503_carries_its_retry_after(
     api: FakeWorkflowsAPI, no_retry: WorkflowsSession
 ) -> None:
-    api.fail_next(503, headers={"Retry-After": "5"})
+    api.inject(Fault.http(503, headers={"Retry-After": "5"}))
     with pytest.raises(InternalServerError) as info:
         await no_retry.get_instance("wf", "i1")
     assert info.value.retry_after == 5
@@ -202,7 +206,7 @@ async def test_a_503_carries_its_retry_after(
 async def test_rate_limit_without_retry_after(
     api: FakeWorkflowsAPI, no_retry: WorkflowsSession
 ) -> None:
-    api.fail_next(429, headers={"Retry-After": "whenever"})
+    api.inject(Fault.http(429, headers={"Retry-After": "whenever"}))
     with pytest.raises(RateLimitError) as info:
         await no_retry.get_instance("wf", "i1")
     assert info.value.retry_after is None
@@ -253,7 +257,7 @@ async def test_undecodable_2xx_instance(
 async def test_undecodable_2xx_step_output(
     api: FakeWorkflowsAPI, no_retry: WorkflowsSession, body: bytes
 ) -> None:
-    api.fail_next(200, body=body)
+    api.inject(Fault.http(200, body=body))
     with pytest.raises(APIResponseValidationError) as info:
         await no_retry.get_step_output("wf", "i1", name="s")
     assert info.value.status_code == 200

@@ -13,9 +13,9 @@ import redis.asyncio as aioredis
 from redis_server import REDIS_SERVER, RedisServer, free_port, running_redis
 
 from cfwf_async import _protocol as proto
-from cfwf_async._redis_cache import RedisCache
 from cfwf_async.cache import Cache, CacheKey, Miss
 from cfwf_async.models import Instance, StepOutput, UnknownStep
+from cfwf_async.redis import RedisCache
 from cfwf_async.testing import make_instance
 
 pytestmark = [

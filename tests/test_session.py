@@ -39,7 +39,7 @@ from cfwf_async import (
     WorkflowsSession,
     __version__,
 )
-from cfwf_async.testing import FakeWorkflowsAPI, make_instance
+from cfwf_async.testing import FakeWorkflowsAPI, Fault, make_instance
 
 ServeApp = Callable[[web.Application], AbstractAsyncContextManager[str]]
 
@@ -136,7 +136,7 @@ async def test_get_step_output_defaults_and_encoded_name(
 
 @pytest.mark.anyio
 async def test_flat_step_output_body(api: FakeWorkflowsAPI, session: WorkflowsSession) -> None:
-    api.fail_next(200, body=b'{"status": "waiting", "error": null, "output": null}')
+    api.inject(Fault.http(200, body=b'{"status": "waiting", "error": null, "output": null}'))
     out = await session.get_step_output("checkout", "order-981", name="approval-1")
     assert out == StepOutput(status="waiting", error=None, output=None)
 
@@ -408,8 +408,11 @@ async def test_long_retry_after_raises_at_once_and_blocks_the_session(
     api: FakeWorkflowsAPI, base_url: str, limiter: str | None
 ) -> None:
     kw: dict[str, Any] = {"rate_limit": RateLimit(1200, 300.0) if limiter else None}
-    api.fail_next(429, errors=[(971, "Please wait and consider throttling your request speed")],
-                  headers={"Retry-After": "300"})
+    api.inject(Fault.http(
+        429,
+        errors=[(971, "Please wait and consider throttling your request speed")],
+        headers={"Retry-After": "300"},
+    ))
     async with make_session(api, base_url, **kw) as s:
         started = time.monotonic()
         with anyio.fail_after(5), pytest.raises(RateLimitError) as info:
@@ -432,7 +435,7 @@ async def test_long_retry_after_raises_at_once_and_blocks_the_session(
 
 @pytest.mark.anyio
 async def test_retry_after_cap_is_configurable(api: FakeWorkflowsAPI, base_url: str) -> None:
-    api.fail_next(429, headers={"Retry-After": "2"})
+    api.inject(Fault.http(429, headers={"Retry-After": "2"}))
     async with make_session(api, base_url, retry_after_cap=1.0) as s:
         with anyio.fail_after(5), pytest.raises(RateLimitError) as info:
             await s.get_instance("checkout", "order-981")
@@ -446,7 +449,7 @@ async def test_short_retry_after_is_honoured(
     api: FakeWorkflowsAPI, base_url: str, limiter: str | None
 ) -> None:
     kw: dict[str, Any] = {"rate_limit": RateLimit(1200, 300.0) if limiter else None}
-    api.fail_next(429, headers={"Retry-After": "0.3"})
+    api.inject(Fault.http(429, headers={"Retry-After": "0.3"}))
     async with make_session(api, base_url, max_retries=1, **kw) as s:
         started = time.monotonic()
         inst = await s.get_instance("checkout", "order-981")
@@ -458,7 +461,7 @@ async def test_short_retry_after_is_honoured(
 
 @pytest.mark.anyio
 async def test_retry_after_zero_retries_at_once(api: FakeWorkflowsAPI, base_url: str) -> None:
-    api.fail_next(429, headers={"Retry-After": "0"})
+    api.inject(Fault.http(429, headers={"Retry-After": "0"}))
     async with make_session(api, base_url, max_retries=1) as s:
         inst = await s.get_instance("checkout", "order-981")
     assert inst.status == "complete"
@@ -469,7 +472,7 @@ async def test_retry_after_zero_retries_at_once(api: FakeWorkflowsAPI, base_url:
 async def test_429_without_retry_after_and_no_retries(
     api: FakeWorkflowsAPI, base_url: str
 ) -> None:
-    api.fail_next(429)
+    api.inject(Fault.http(429))
     async with make_session(api, base_url, max_retries=0) as s:
         with pytest.raises(RateLimitError) as info:
             await s.get_instance("checkout", "order-981")
@@ -485,7 +488,7 @@ async def test_429_without_retry_after_and_no_retries(
 
 @pytest.mark.anyio
 async def test_503_twice_then_success(api: FakeWorkflowsAPI, base_url: str) -> None:
-    api.fail_next(503, times=2)
+    api.inject(Fault.http(503), times=2)
     async with make_session(api, base_url, max_retries=2) as s:
         inst = await fast_backoff(s).get_instance("checkout", "order-981")
     assert inst.status == "complete"
@@ -494,7 +497,7 @@ async def test_503_twice_then_success(api: FakeWorkflowsAPI, base_url: str) -> N
 
 @pytest.mark.anyio
 async def test_retries_run_out(api: FakeWorkflowsAPI, base_url: str) -> None:
-    api.fail_next(503, times=3)
+    api.inject(Fault.http(503), times=3)
     async with make_session(api, base_url, max_retries=2) as s:
         with pytest.raises(InternalServerError) as info:
             await fast_backoff(s).get_step_output("checkout", "order-981", name="fetch page-1")
@@ -505,7 +508,7 @@ async def test_retries_run_out(api: FakeWorkflowsAPI, base_url: str) -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize("status", [408, 409, 500, 502, 504, 520])
 async def test_retryable_statuses(api: FakeWorkflowsAPI, base_url: str, status: int) -> None:
-    api.fail_next(status)
+    api.inject(Fault.http(status))
     async with make_session(api, base_url, max_retries=1) as s:
         inst = await fast_backoff(s).get_instance("checkout", "order-981")
     assert inst.status == "complete"
@@ -521,7 +524,7 @@ async def test_retryable_statuses(api: FakeWorkflowsAPI, base_url: str, status: 
 async def test_other_4xx_never_retry(
     api: FakeWorkflowsAPI, base_url: str, status: int, cls: type[APIStatusError]
 ) -> None:
-    api.fail_next(status, times=3)
+    api.inject(Fault.http(status), times=3)
     async with make_session(api, base_url, max_retries=2) as s:
         with pytest.raises(cls):
             await fast_backoff(s).get_instance("checkout", "order-981")
@@ -538,7 +541,7 @@ async def test_not_found_is_not_retried(api: FakeWorkflowsAPI, session: Workflow
 
 @pytest.mark.anyio
 async def test_max_retries_zero(api: FakeWorkflowsAPI, base_url: str) -> None:
-    api.fail_next(503)
+    api.inject(Fault.http(503))
     async with make_session(api, base_url, max_retries=0) as s:
         with pytest.raises(InternalServerError):
             await s.get_instance("checkout", "order-981")
@@ -694,7 +697,7 @@ async def test_redirects_are_not_followed(api: FakeWorkflowsAPI, base_url: str) 
     elsewhere = FakeWorkflowsAPI()
     async with elsewhere.serve() as other_url:
         target = other_url + "/accounts/test-account/workflows/checkout/instances/order-981"
-        api.fail_next(302, body=b"", headers={"Location": target})
+        api.inject(Fault.http(302, body=b"", headers={"Location": target}))
         async with make_session(api, base_url) as s:
             with pytest.raises(APIStatusError) as info:
                 await s.get_instance("checkout", "order-981")
@@ -810,7 +813,7 @@ async def test_credentials_never_leak(
                                     rate_limit=None, max_retries=1) as s:
             assert TOKEN not in repr(s)
             await s.get_instance("wf", "i1")
-            api.fail_next(503)
+            api.inject(Fault.http(503))
             await fast_backoff(s).get_instance("wf", "i1")  # a retry gets logged
             for failing in (
                 s.get_instance("wf", "missing"),

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
-from cfwf_async.cli._demo import demo_instance_states
 
+from cfwf_async.cli._demo import demo_instance_states
 from cfwf_async.models import (
     Attempt,
     ErrorInfo,

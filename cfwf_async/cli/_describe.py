@@ -6,7 +6,6 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import msgspec
 
 from .. import _protocol as proto
@@ -244,9 +243,8 @@ async def fetch_instance_result(session: WorkflowsSession, workflow: str, instan
     query = {"order": proto.check_choice("order", order, proto.ORDERS)}
     path = proto.instance_path(account, workflow, instance_id)
 
-    async def decode(resp: aiohttp.ClientResponse, ray: str | None) -> bytes:
-        body = await resp.read()
-        proto.decode_instance(body, status=resp.status, cf_ray=ray)
+    def decode(body: bytes, *, status: int, cf_ray: str | None) -> bytes:
+        proto.decode_instance(body, status=status, cf_ray=cf_ray)
         return bytes(msgspec.json.decode(body, type=_ResultOnly).result)
 
     return await session._call(path, query, decode)

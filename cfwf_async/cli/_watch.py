@@ -3,44 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import anyio
 
 from ..models import Instance
-from ..session import _POLL_BACKOFF, WorkflowsSession
+from ..session import WorkflowsSession
 from ..steplog import format_seconds
 from ._console import EXIT_API, EXIT_OK, Console, is_tty
 from ._format import format_error
 
 __all__ = ["cmd_watch"]
-
-
-# replaced by WorkflowsSession.watch_instance at merge
-async def _watch_instance(
-    session: WorkflowsSession,
-    workflow_name: str,
-    instance_id: str,
-    *,
-    poll_interval: float,
-    max_poll_interval: float,
-    simple: bool,
-) -> AsyncIterator[Instance]:
-    """Each polled instance, ending after the first terminal one.
-
-    Polls ``poll_interval`` seconds apart, a quarter longer each time up to
-    ``max_poll_interval``.
-    """
-    interval = poll_interval
-    ceiling = max(poll_interval, max_poll_interval)
-    while True:
-        inst = await session.get_instance(workflow_name, instance_id, simple=simple)
-        yield inst
-        if inst.is_terminal:
-            return
-        await anyio.sleep(interval)
-        interval = min(interval * _POLL_BACKOFF, ceiling)
 
 
 def _step_count(inst: Instance) -> int:
@@ -73,8 +46,9 @@ async def cmd_watch(session: WorkflowsSession, args: argparse.Namespace,
     shown: tuple[str, int] | None = None
     last: Instance | None = None
     with anyio.move_on_after(args.timeout):
-        polls = _watch_instance(session, args.workflow, args.instance, simple=True,
-                                poll_interval=args.interval, max_poll_interval=args.interval)
+        polls = session.watch_instance(args.workflow, args.instance, simple=True,
+                                       poll_interval=args.interval,
+                                       max_poll_interval=args.interval)
         async for inst in polls:
             last = inst
             state = (inst.status, _step_count(inst))
