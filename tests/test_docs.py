@@ -1,13 +1,14 @@
 """Every ```python block of README.md and docs/ runs, and type-checks, as written.
 
-Each block is written to a file of its own and run in a subprocess of its own, with
-``CLOUDFLARE_API_TOKEN``, ``CLOUDFLARE_ACCOUNT_ID`` and ``CLOUDFLARE_BASE_URL`` pointing
-at one :class:`FakeWorkflowsAPI` that holds every instance the examples name (see
+Each block is written to a file of its own and run as ``__main__`` from a fresh working
+directory (so examples may write files), in a namespace of its own (a few runner
+processes take the blocks in turn), with ``CLOUDFLARE_API_TOKEN``,
+``CLOUDFLARE_ACCOUNT_ID`` and ``CLOUDFLARE_BASE_URL`` pointing at one
+:class:`FakeWorkflowsAPI` that holds every instance the examples name (see
 ``_docs_world``), and ``REDIS_URL`` at a throwaway ``redis-server`` when one is
-installed. A block that defines ``test_*`` functions is run by pytest instead, so the
-testing guide's tests really run. The working directory is a fresh temporary one, so
-examples may write files. All blocks also go through ONE ``mypy --strict`` run, in
-parallel with the subprocesses, to keep the suite fast.
+installed. Blocks that define ``test_*`` functions go through one pytest run instead,
+with the anyio plugin and cfwf_async's own, so the testing guide's tests really run. All
+blocks also go through ONE ``mypy --strict`` run, in parallel with the others.
 
 ``examples/*.py`` join the same mypy run (tests/test_session.py runs the quick start).
 
@@ -21,6 +22,7 @@ Markers, an HTML comment on the line right before the opening fence:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -42,8 +44,6 @@ FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTA
 FRAGMENT = re.compile(r"<!--\s*fragment:\s*(\S.*?)\s*-->\s*$")
 #: Seconds one block may run; the slowest (a pytest run with retries) takes about 3.
 BLOCK_TIMEOUT = 60
-#: Subprocesses at once: the machine has 2 cores, and mypy runs beside them.
-PARALLEL = 4
 
 
 @dataclass(frozen=True)
@@ -146,14 +146,69 @@ class Results:
     redis: bool
 
 
+#: Runs plain example files one after another in one interpreter, each from its own
+#: working directory and as ``__main__``, and prints one JSON line per file. Starting
+#: Python and importing aiohttp costs more than most examples take to run, so a few of
+#: these replace one subprocess per example.
+_RUNNER = textwrap.dedent(
+    """
+    import contextlib, io, json, os, runpy, sys, traceback
+
+    for script in sys.argv[1:]:
+        os.chdir(os.path.dirname(script))
+        out = io.StringIO()
+        code = 0
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            try:
+                runpy.run_path(script, run_name="__main__")
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (exc.code is not None)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+        print(json.dumps([script, code, out.getvalue()]), flush=True)
+    """
+)
+#: How many runner processes share the plain examples (mypy and pytest run beside them).
+RUNNERS = 2
+
+
+def _test_outcomes(blocks: list[Block], done: Outcome) -> dict[str, Outcome]:
+    """Each test block's outcome from one pytest run over all of them (``-rA`` lines)."""
+    outcomes = {}
+    for block in blocks:
+        failed = re.search(rf"^(FAILED|ERROR) {block.module}\.py", done.output, re.MULTILINE)
+        passed = re.search(rf"^PASSED {block.module}\.py", done.output, re.MULTILINE)
+        ok = passed is not None and failed is None
+        outcomes[block.id] = Outcome(0 if ok else 1, done.output)
+    return outcomes
+
+
 async def _run_all(workdir: Path, redis_url: str | None) -> Results:
     api = _docs_world()
     sources = workdir / "blocks"
     sources.mkdir()
     for block in BLOCKS:
         (sources / f"{block.module}.py").write_text(_mypy_source(block), encoding="utf-8")
+    runnable = [
+        block for block in BLOCKS
+        if block.fragment is None and (redis_url is not None or not _needs_redis(block))
+    ]
+    plain = [block for block in runnable if not block.is_test]
+    tests = [block for block in runnable if block.is_test]
+    scripts: dict[str, Block] = {}
+    for block in plain:
+        cwd = workdir / "run" / block.module
+        cwd.mkdir(parents=True)
+        script = cwd / f"{block.module}.py"
+        script.write_text(block.code, encoding="utf-8")
+        scripts[str(script)] = block
+    tests_dir = workdir / "tests"
+    tests_dir.mkdir()
+    for block in tests:
+        (tests_dir / f"{block.module}.py").write_text(block.code, encoding="utf-8")
+    (workdir / "runner.py").write_text(_RUNNER, encoding="utf-8")
     outcomes: dict[str, Outcome] = {}
-    limiter = anyio.CapacityLimiter(PARALLEL)
 
     async def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> Outcome:
         with anyio.fail_after(BLOCK_TIMEOUT):
@@ -163,21 +218,25 @@ async def _run_all(workdir: Path, redis_url: str | None) -> Results:
             )
         return Outcome(done.returncode, done.stdout.decode(errors="replace"))
 
-    async def run_block(block: Block, env: dict[str, str]) -> None:
-        cwd = workdir / "run" / block.module
-        cwd.mkdir(parents=True)
-        script = cwd / f"{block.module}.py"
-        script.write_text(block.code, encoding="utf-8")
-        cmd = [sys.executable, script.name]
-        block_env = env
-        if block.is_test:
-            # Only the plugin the testing guide says a reader needs: loading every
-            # installed plugin (hypothesis, ...) would double each run's start-up cost.
-            cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                   "-p", "anyio", script.name]
-            block_env = {**env, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
-        async with limiter:
-            outcomes[block.id] = await run(cmd, cwd, block_env)
+    async def run_scripts(share: list[str], env: dict[str, str]) -> None:
+        done = await run([sys.executable, str(workdir / "runner.py"), *share], workdir, env)
+        for line in done.output.splitlines():
+            if line.startswith("["):
+                script, code, output = json.loads(line)
+                outcomes[scripts[script].id] = Outcome(code, output)
+        for script in share:  # a runner that died reports its own output for the rest
+            outcomes.setdefault(scripts[script].id, done)
+
+    async def run_tests(env: dict[str, str]) -> None:
+        # Only the plugins the testing guide says a reader needs: loading every
+        # installed plugin (hypothesis, ...) would slow the run for nothing.
+        done = await run(
+            [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider",
+             "-p", "anyio", "-p", "cfwf_async.testing.pytest_plugin",
+             *(f"{block.module}.py" for block in tests)],
+            tests_dir, {**env, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
+        )
+        outcomes.update(_test_outcomes(tests, done))
 
     mypy: list[Outcome] = []
 
@@ -195,9 +254,12 @@ async def _run_all(workdir: Path, redis_url: str | None) -> Results:
         env = _block_env(base_url, api, redis_url)
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_mypy)
-            for block in BLOCKS:
-                if block.fragment is None and (redis_url is not None or not _needs_redis(block)):
-                    tg.start_soon(run_block, block, env)
+            if tests:
+                tg.start_soon(run_tests, env)
+            names = list(scripts)
+            for i in range(RUNNERS):
+                if names[i::RUNNERS]:
+                    tg.start_soon(run_scripts, names[i::RUNNERS], env)
     return Results(outcomes, mypy[0], redis_url is not None)
 
 

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import struct
+import sys
+import textwrap
+import types
+import zlib
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import anyio
 import pytest
+from aiohttp import web
 
 import cfwf_async
 from cfwf_async import (
@@ -288,16 +298,7 @@ async def test_validation_errors_are_not_retried(api: FakeWorkflowsAPI, base_url
 # ---------------------------------------------------------------------------
 # Hardening: no credential in any exception graph, bounded JSON answers, timeouts
 
-import asyncio  # noqa: E402
-import sys  # noqa: E402
-import textwrap  # noqa: E402
-import types  # noqa: E402
-import zlib  # noqa: E402
-from collections.abc import Callable, Mapping  # noqa: E402
-from contextlib import AbstractAsyncContextManager  # noqa: E402
 
-import anyio  # noqa: E402
-from aiohttp import web  # noqa: E402
 
 ServeApp = Callable[[web.Application], AbstractAsyncContextManager[str]]
 TOKEN, KEY, EMAIL = "tok-SECRET-77aa", "key-SECRET-19bc", "mail-SECRET@example.com"
@@ -407,14 +408,28 @@ async def _fetch(s: WorkflowsSession, mode: str, call: str = "") -> object:
 
 
 def _gzip_bomb(size: int) -> bytes:
-    """``size`` spaces inside a JSON string, gzipped at level 9 without holding them."""
-    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
-    parts = [packer.compress(b'{"success":true,"result":{"status":"running","x":"')]
+    """``size`` spaces inside a JSON string, gzipped, built without compressing them all.
+
+    After a full flush a deflate stream forgets its history, so every further MiB of
+    spaces compresses to the same bytes: compress one, repeat it, and write the gzip
+    trailer (CRC-32 and length of the whole text) ourselves.
+    """
+    head = b'{"success":true,"result":{"status":"running","x":"'
+    tail = b'"}}'
     block = b" " * (1 << 20)
-    for _ in range(size >> 20):
-        parts.append(packer.compress(block))
-    parts.append(packer.compress(b'"}}') + packer.flush())
-    return b"".join(parts)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    first = packer.compress(head + block) + packer.flush(zlib.Z_FULL_FLUSH)
+    repeat = packer.compress(block) + packer.flush(zlib.Z_FULL_FLUSH)
+    end = packer.compress(tail) + packer.flush()
+    blocks = size >> 20
+    crc = zlib.crc32(head)
+    for _ in range(blocks):
+        crc = zlib.crc32(block, crc)
+    crc = zlib.crc32(tail, crc)
+    length = len(head) + blocks * len(block) + len(tail)
+    gzip_header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
+    trailer = struct.pack("<II", crc, length & 0xFFFFFFFF)
+    return gzip_header + first + repeat * (blocks - 1) + end + trailer
 
 
 _RSS_PROBE = textwrap.dedent(

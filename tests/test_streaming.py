@@ -8,6 +8,7 @@ import logging
 import os
 import tracemalloc
 import warnings
+import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -570,7 +571,6 @@ async def test_no_unclosed_warnings_after_streams(
 # ---------------------------------------------------------------------------
 # Compressed bodies cut short with intact HTTP framing; saving through _files
 
-import zlib  # noqa: E402
 
 try:
     import brotli  # type: ignore[import-not-found]  # noqa: F401
