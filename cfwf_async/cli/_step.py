@@ -16,7 +16,8 @@ from ..models import StepOutput
 from ..session import WorkflowsSession
 from ..streaming import StepStream
 from ._console import EXIT_OK, Console, UsageError, is_tty, safe
-from ._format import format_bytes, format_error, json_text
+from ._format import format_bytes, format_error, json_text, wrapped
+from ._waiting import waiting
 
 __all__ = ["DISPLAY_CAP", "PlainProgress", "cmd_step"]
 
@@ -114,9 +115,10 @@ async def cmd_step(session: WorkflowsSession, args: argparse.Namespace,
                    console: Console) -> int:
     """``cfwf step``: one step's full output, streamed to ``--output`` when large."""
     _check_output_target(args)
-    result = await session.get_step_output(
-        args.workflow, args.instance, name=args.step, type=args.type, attempt=args.attempt
-    )
+    async with waiting(console, session.base_url, f"GET step {args.step}"):
+        result = await session.get_step_output(
+            args.workflow, args.instance, name=args.step, type=args.type, attempt=args.attempt
+        )
     if isinstance(result, StepStream):
         async with result:
             return await _emit_stream(result, args, console)
@@ -231,4 +233,6 @@ def _report_saved(console: Console, args: argparse.Namespace, path: str, n: int,
             body["status"] = status
         console.stdout.write(json_text(msgspec.json.encode(body)) + "\n")
     else:
-        console.print(f"saved {n:,} bytes ({safe(content_type)}) to {safe(path)}")
+        for line in wrapped(console, "", "", f"saved {n:,} bytes ({safe(content_type)}) to "
+                                             f"{safe(path)}"):
+            console.print(line)
