@@ -19,7 +19,7 @@ from ._console import EXIT_OK, Console, UsageError, is_tty, safe
 from ._format import format_bytes, format_error, json_text, wrapped
 from ._waiting import waiting
 
-__all__ = ["DISPLAY_CAP", "PlainProgress", "cmd_step"]
+__all__ = ["DISPLAY_CAP", "PlainProgress", "binary_speed_column", "cmd_step"]
 
 #: Largest streamed output ``cfwf step`` prints without ``--output``.
 DISPLAY_CAP: Final = 1 << 20
@@ -65,7 +65,6 @@ async def _save_with_progress(stream: StepStream, path: str, label: str,
             TaskProgressColumn,
             TextColumn,
             TimeRemainingColumn,
-            TransferSpeedColumn,
         )
     except ImportError:
         plain = PlainProgress(console.stderr, label)
@@ -79,7 +78,7 @@ async def _save_with_progress(stream: StepStream, path: str, label: str,
         BarColumn(),
         TaskProgressColumn(),
         DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
+        binary_speed_column(),
         TimeRemainingColumn(),
         console=rich_console,
     ) as progress:
@@ -89,6 +88,24 @@ async def _save_with_progress(stream: StepStream, path: str, label: str,
             progress.update(task, completed=done)
 
         return await stream.save(path, progress=update)
+
+
+def binary_speed_column() -> Any:
+    """A rich column with the transfer speed in binary units, like the sizes beside it.
+
+    (rich's own speed column counts in powers of 1000 while its download column is set
+    to powers of 1024: ``4.0/4.0 MiB 919.1 MB/s`` mixes the two.)
+    """
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class BinarySpeedColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            shown = "?" if speed is None else f"{format_bytes(speed)}/s"
+            return Text(shown, style="progress.data.speed")
+
+    return BinarySpeedColumn()
 
 
 def _as_text(data: bytes) -> str | None:

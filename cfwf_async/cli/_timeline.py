@@ -11,7 +11,7 @@ from ..models import Instance, Step, StepRun
 from ..steplog import format_seconds, step_bounds, step_state
 from ._console import Console, Glyphs, safe
 from ._format import format_clock
-from ._width import cells
+from ._width import cells, cut, pad
 
 __all__ = ["LABEL_WIDTH", "render_timeline"]
 
@@ -110,10 +110,8 @@ def render_timeline(console: Console, inst: Instance, *, now: datetime,
     for step, a, b in sorted(timed, key=lambda x: x[1]):
         bar, note = _bar(step, a, b, axis, g, now)
         painted = "".join(p(ch, style) for ch, style in bar)
-        label = safe(step.name)
-        if len(label) > LABEL_WIDTH:
-            label = label[: LABEL_WIDTH - len(g.ellipsis)] + g.ellipsis
-        lines.append(f"  {label.ljust(LABEL_WIDTH)} {painted}  {p(note, 'dim')}")
+        label = cut(safe(step.name), LABEL_WIDTH, g.ellipsis)
+        lines.append(f"  {pad(label, LABEL_WIDTH)} {painted}  {p(note, 'dim')}")
     legend = [f"{g.ok} attempt ok", f"{g.failed} attempt failed", f"{g.running} running",
               f"{g.wait} waiting to retry", f"{g.idle} sleep / event wait"]
     lines.extend(p(line, "dim") for line in _pack(legend, console.width))
