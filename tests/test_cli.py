@@ -81,8 +81,10 @@ def assert_clean_error(result: CompletedProcess[bytes], code: int) -> str:
     assert "Traceback" not in err
     assert result.stdout == b""
     lines = err.strip().splitlines()
-    assert len(lines) == 1, err
+    # One error line, optionally followed by one "hint:" line saying what to try.
+    assert len(lines) in (1, 2), err
     assert lines[0].startswith("cfwf: error: ")
+    assert all(line.startswith("hint: ") for line in lines[1:]), err
     return lines[0]
 
 

@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import IO, Final
 
+from ._width import pad
+
 __all__ = [
     "EXIT_API",
     "EXIT_OK",
@@ -158,9 +160,14 @@ class Console:
     colour: bool = False
     err_colour: bool = False
     glyphs: Glyphs = field(default_factory=lambda: Glyphs.for_stream(sys.stdout))
+    #: The cells a stdout line may take (None: no limit); see ``terminal_width``.
+    width: int | None = None
+    #: Seconds a call may take before a terminal is told what it waits for.
+    wait_delay: float = 1.0
 
     @classmethod
-    def for_streams(cls, stdout: IO[str], stderr: IO[str]) -> Console:
+    def for_streams(cls, stdout: IO[str], stderr: IO[str], *,
+                    width: int | None = None) -> Console:
         """A console for these streams, colour per their terminal-ness and ``NO_COLOR``."""
         return cls(
             stdout,
@@ -168,6 +175,7 @@ class Console:
             colour=colour_wanted(stdout),
             err_colour=colour_wanted(stderr),
             glyphs=Glyphs.for_stream(stdout),
+            width=width,
         )
 
     def paint(self, text: str, style: str | None, *, err: bool = False) -> str:
@@ -180,7 +188,7 @@ class Console:
 
     def status(self, status: str, *, width: int = 0, err: bool = False) -> str:
         """A status word, padded to ``width``, in its colour."""
-        return self.paint(status.ljust(width), _STATUS_STYLE.get(status), err=err)
+        return self.paint(pad(status, width), _STATUS_STYLE.get(status), err=err)
 
     def write(self, text: str) -> None:
         """``text`` to stdout as is, but for control characters (shown escaped)."""
@@ -202,6 +210,12 @@ class Console:
             _gate(f"cfwf: {self.paint('error:', 'bold red', err=True)} {one_line}\n",
                   self.err_colour)
         )
+        self.stderr.flush()
+
+    def hint(self, message: str) -> None:
+        """What to try next, on the line after an error."""
+        self.stderr.write(_gate(f"{self.paint('hint:', 'bold', err=True)} {safe(message)}\n",
+                                self.err_colour))
         self.stderr.flush()
 
     def note(self, message: str) -> None:

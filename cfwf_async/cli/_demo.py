@@ -24,6 +24,7 @@ from aiohttp import web
 from ..session import WorkflowsSession
 from ..testing import FakeWorkflowsAPI, StreamBody
 from ._console import Console
+from ._format import wrapped
 from ._parser import build_parser
 
 __all__ = ["UnfoldingWorkflowsAPI", "demo_instance_states", "run_demo"]
@@ -214,6 +215,23 @@ def fill_demo_api(api: FakeWorkflowsAPI, now: datetime) -> list[dict[str, Any]]:
     return states
 
 
+def command_lines(argv: Sequence[str], width: int | None) -> list[str]:
+    """``$ argv`` as a shell would take it, continued with `` \\`` to fit ``width``."""
+    lines = ["$"]
+    for word in (shlex.quote(a) for a in argv):
+        # Two cells stay free on every line but the last, for the " \\".
+        if width is not None and len(lines[-1]) > 4 and len(lines[-1]) + len(word) + 3 > width:
+            lines[-1] += " \\"
+            lines.append("   ")
+        lines[-1] += " " + word
+    return lines
+
+
+def _prose(console: Console, text: str) -> None:
+    for line in wrapped(console, "", "", text, "dim"):
+        console.print(line)
+
+
 async def run_demo(console: Console, *, watch_interval: float = 0.25) -> int:
     """Serve the fake API on loopback and run each command against it; 0 when all passed."""
     api = UnfoldingWorkflowsAPI()
@@ -221,14 +239,15 @@ async def run_demo(console: Console, *, watch_interval: float = 0.25) -> int:
     parser = build_parser()
     p = console.paint
     async with api.serve() as base_url:
-        console.print(p(f"cfwf demo: a fake Workflows API serves on {base_url} "
-                        "(loopback only: no network, no credentials)", "dim"))
+        _prose(console, f"cfwf demo: a fake Workflows API serves on {base_url} "
+                        "(loopback only: no network, no credentials)")
         async with WorkflowsSession(api_token=api.api_token, account_id=api.account_id,
                                     base_url=base_url) as session:
 
             async def run(argv: list[str]) -> int:
                 console.print()
-                console.print(p("$ " + shlex.join(["cfwf", *argv]), "bold cyan"))
+                for line in command_lines(["cfwf", *argv], console.width):
+                    console.print(p(line, "bold cyan"))
                 console.stdout.flush()
                 args = parser.parse_args(argv)
                 code: int = await args.handler(session, args, console)
@@ -252,6 +271,6 @@ async def run_demo(console: Console, *, watch_interval: float = 0.25) -> int:
             codes.append(await run(["watch", WORKFLOW, INSTANCE,
                                     "--interval", f"{watch_interval:g}"]))
     console.print()
-    console.print(p("That was all offline. Against your account: export CLOUDFLARE_API_TOKEN "
-                    "and CLOUDFLARE_ACCOUNT_ID, then run the same commands.", "dim"))
+    _prose(console, "That was all offline. Against your account: export CLOUDFLARE_API_TOKEN "
+                    "and CLOUDFLARE_ACCOUNT_ID, then run the same commands.")
     return max(codes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -29,8 +29,19 @@ from ..steplog import (
     step_state,
 )
 from ._console import EXIT_OK, Console, safe
-from ._format import format_clock, format_error, format_time, json_text, one_line
+from ._format import (
+    Style,
+    format_clock,
+    format_error,
+    format_time,
+    json_text,
+    one_line,
+    table,
+    wrapped,
+)
 from ._timeline import render_timeline
+from ._waiting import waiting
+from ._width import Column
 
 __all__ = ["cmd_describe", "fetch_instance_result", "render_describe"]
 
@@ -65,8 +76,11 @@ def _summary(console: Console, workflow: str, instance_id: str, inst: Instance,
     g = console.glyphs
     lines = [f"{p(workflow, 'bold')} / {p(instance_id, 'bold')}  {console.status(inst.status)}"]
 
-    def field_line(label: str, value: str) -> None:
-        lines.append(f"  {p(label.ljust(14), 'dim')}{value}")
+    def field_line(label: str, value: str, style: str | None = None) -> None:
+        # Wrapped plain (the label's colour is added after), so long values fit.
+        first, *rest = wrapped(console, "  ", label.ljust(14), value, style)
+        lines.append("  " + p(label.ljust(14), "dim") + first[16:])
+        lines.extend(rest)
 
     field_line("trigger", safe(inst.trigger.source) if inst.trigger else "-")
     if inst.schedule is not None and inst.schedule.cron:
@@ -87,7 +101,7 @@ def _summary(console: Console, workflow: str, instance_id: str, inst: Instance,
     last_ok = last_successful_step(inst.steps)
     field_line("last ok step", safe(last_ok.name) if last_ok is not None else "-")
     if inst.error is not None:
-        field_line("error", p(format_error(inst.error), "red"))
+        field_line("error", format_error(inst.error), "red")
     if inst.rollback is not None:
         field_line("rollback", safe(inst.rollback.outcome or "-")
                    + (f" ({format_error(inst.rollback.error)})" if inst.rollback.error else ""))
@@ -116,6 +130,24 @@ def _step_row(number: int, step: Step, now: datetime, day: datetime | None) -> l
             format_clock(start, day_of=day), dur, attempts]
 
 
+# On a narrow terminal START goes first (the timeline shows when each step ran), then
+# TYPE; a long step name is cut (its details and the timeline still name it).
+_STEP_COLUMNS: Final = (
+    Column("#"),
+    Column("TYPE", drop=2),
+    Column("NAME", cut=True, min_width=12),
+    Column("STATE"),
+    Column("START", drop=1),
+    Column("DURATION"),
+    Column("ATTEMPTS"),
+)
+_NAME: Final = 2
+ATTEMPTS_LEGEND: Final = "ATTEMPTS: attempts made / attempts allowed (1 + the step's retry limit)"
+
+# A detail line under a step: a plain lead, then text in a style.
+Detail = tuple[str, str, str | None]
+
+
 def _step_table(console: Console, inst: Instance, order: str, show_output: bool,
                 truncate: int, now: datetime) -> list[str]:
     """The step table, each step followed by its attempts, config and output."""
@@ -125,95 +157,100 @@ def _step_table(console: Console, inst: Instance, order: str, show_output: bool,
     day = inst.start or inst.queued
     numbers = [total - i if order == "desc" else i + 1 for i in range(total)]
     rows = [_step_row(n, s, now, day) for n, s in zip(numbers, inst.steps, strict=True)]
-    header = ["#", "TYPE", "NAME", "STATE", "START", "DURATION", "ATTEMPTS"]
-    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
-    indent = " " * (widths[0] + widths[1] + 6)
-    heads = (p(h.ljust(w), "bold") for h, w in zip(header, widths, strict=True))
-    lines.append(("  " + "  ".join(heads)).rstrip())
-    for row, step in zip(rows, inst.steps, strict=True):
-        cells = [c.ljust(w) for c, w in zip(row, widths, strict=True)]
-        cells[3] = console.status(row[3], width=widths[3])
-        lines.append("  " + "  ".join(cells).rstrip())
-        details = _step_details(console, step, show_output, truncate, now, day)
-        lines.extend(indent + d for d in details)
+    styles: list[Style | None] = [None] * len(_STEP_COLUMNS)
+    styles[3] = lambda cell, w: console.status(cell, width=w)
+    shown = table(console, _STEP_COLUMNS, rows, styles, margin="  ")
+    before = shown.kept.index(_NAME)
+    indent = " " * (2 + sum(w + 2 for w in shown.widths[:before]))
+    lines.append(shown.lines[0])
+    for line, step in zip(shown.lines[1:], inst.steps, strict=True):
+        lines.append(line)
+        for lead, text, style in _step_details(console, step, show_output, truncate, now,
+                                               day):
+            lines.extend(wrapped(console, indent, lead, text, style))
+    if any(r[6] for r in rows):
+        lines.extend(wrapped(console, "  ", "", ATTEMPTS_LEGEND, "dim"))
+    if shown.cut or shown.dropped:
+        lines.extend(wrapped(console, "  ", "", "(fitted to the terminal; --wide or --json "
+                                                "for every value in full)", "dim"))
     return lines
 
 
 def _step_details(console: Console, step: Step, show_output: bool, truncate: int,
-                  now: datetime, day: datetime | None) -> list[str]:
-    p = console.paint
+                  now: datetime, day: datetime | None) -> list[Detail]:
     g = console.glyphs
-    out: list[str] = []
+    out: list[Detail] = []
     if isinstance(step, StepRun):
         out.extend(_run_details(console, step, now, day))
         if show_output and step.output is not None:
-            out.append("output: " + _output_text(step.output, truncate, g.ellipsis))
+            out.append(("output: ", _output_text(step.output, truncate, g.ellipsis), None))
     elif isinstance(step, WaitForEventStep):
         if step.event_type:
-            out.append(p(f"event: {step.event_type}", "dim"))
+            out.append(("", f"event: {safe(step.event_type)}", "dim"))
         if step.error is not None:
-            out.append(p(f"error: {format_error(step.error)}", "red"))
+            out.append(("", f"error: {format_error(step.error)}", "red"))
         if show_output and step.output is not None:
-            out.append("output: " + _output_text(step.output, truncate, g.ellipsis))
+            out.append(("output: ", _output_text(step.output, truncate, g.ellipsis), None))
     elif isinstance(step, SleepStep):
         if step.error is not None:
-            out.append(p(f"error: {format_error(step.error)}", "red"))
+            out.append(("", f"error: {format_error(step.error)}", "red"))
     elif isinstance(step, UnknownStep):
-        out.append(p(f"(a step type this cfwf does not know: {one_line(step.fields, truncate)})",
-                     "dim"))
+        out.append(("", f"(a step type this cfwf does not know: "
+                        f"{one_line(step.fields, truncate)})", "dim"))
     return out
 
 
-def _run_details(console: Console, step: StepRun, now: datetime,
-                 day: datetime | None) -> list[str]:
-    """A step.do's attempts (when there is more to say than one success), config, retry."""
-    p = console.paint
-    out: list[str] = []
-    if len(step.attempts) > 1 or any(a.error for a in step.attempts):
-        out.extend(_attempt_line(console, i, a, now, day)
-                   for i, a in enumerate(step.attempts, 1))
+def _config_text(step: StepRun) -> str | None:
     cfg = step.config
-    if cfg is not None:
-        parts = []
-        r = cfg.retries
-        if r is not None:
-            retry = f"retries {r.limit if r.limit is not None else '?'}"
-            if r.delay is not None:
-                retry += f", delay {describe_duration(r.delay)}"
-            if r.backoff:
-                retry += f" {r.backoff}"
-            parts.append(retry)
-        if cfg.timeout is not None:
-            parts.append(f"timeout {describe_duration(cfg.timeout)}")
-        if cfg.sensitive:
-            parts.append(f"sensitive {cfg.sensitive}")
-        if parts:
-            out.append(p("config: " + "; ".join(parts), "dim"))
+    if cfg is None:
+        return None
+    parts = []
+    r = cfg.retries
+    if r is not None:
+        retry = f"retries {r.limit if r.limit is not None else '?'}"
+        if r.delay is not None:
+            retry += f", delay {describe_duration(r.delay)}"
+        if r.backoff:
+            retry += f" {r.backoff}"
+        parts.append(retry)
+    if cfg.timeout is not None:
+        parts.append(f"timeout {describe_duration(cfg.timeout)}")
+    if cfg.sensitive:
+        parts.append(f"sensitive {cfg.sensitive}")
+    return safe("config: " + "; ".join(parts)) if parts else None
+
+
+def _run_details(console: Console, step: StepRun, now: datetime,
+                 day: datetime | None) -> list[Detail]:
+    """A step.do's attempts (when there is more to say than one success), config, retry."""
+    out: list[Detail] = []
+    if len(step.attempts) > 1 or any(a.error for a in step.attempts):
+        out.extend(_attempt_line(i, a, now, day) for i, a in enumerate(step.attempts, 1))
+    config = _config_text(step)
+    if config is not None:
+        out.append(("", config, "dim"))
     nxt = next_retry(step)
     if nxt is not None and nxt.dynamic:
-        out.append(p("next retry: dynamic (the workflow computes the delay)", "yellow"))
+        out.append(("", "next retry: dynamic (the workflow computes the delay)", "yellow"))
     elif nxt is not None and nxt.at is not None:
         left = (nxt.at - now).total_seconds()
         when = f"in {format_seconds(left)}" if left >= 0 else f"{format_seconds(-left)} ago"
         approx = console.glyphs.approx if nxt.estimate else ""
-        out.append(p(f"next retry: {approx}{format_clock(nxt.at, day_of=day)} ({when})",
-                     "yellow"))
+        out.append(("", f"next retry: {approx}{format_clock(nxt.at, day_of=day)} ({when})",
+                    "yellow"))
     return out
 
 
-def _attempt_line(console: Console, n: int, a: Attempt, now: datetime,
-                  day: datetime | None) -> str:
-    p = console.paint
+def _attempt_line(n: int, a: Attempt, now: datetime, day: datetime | None) -> Detail:
     dur = "-"
     if a.start is not None:
         dur = format_seconds(((a.end or now) - a.start).total_seconds())
+    lead = f"attempt {n}  {format_clock(a.start, day_of=day)}  {dur:>7}  "
     if a.success is True:
-        result = p("ok", "green")
-    elif a.error is not None or a.success is False:
-        result = p(f"failed: {format_error(a.error)}", "red")
-    else:
-        result = p("running", "yellow")
-    return f"attempt {n}  {format_clock(a.start, day_of=day)}  {dur:>7}  {result}"
+        return lead, "ok", "green"
+    if a.error is not None or a.success is False:
+        return lead, f"failed: {format_error(a.error)}", "red"
+    return lead, "running", "yellow"
 
 
 def _output_text(output: Any, truncate: int, ellipsis: str) -> str:
@@ -253,12 +290,15 @@ async def fetch_instance_result(session: WorkflowsSession, workflow: str, instan
 async def cmd_describe(session: WorkflowsSession, args: argparse.Namespace,
                        console: Console) -> int:
     """``cfwf describe``: summary, steps and timeline of one instance (or its JSON)."""
+    what = f"GET instance {args.instance}"
     if args.json:
-        result = await fetch_instance_result(session, args.workflow, args.instance,
-                                             order=args.order)
+        async with waiting(console, session.base_url, what):
+            result = await fetch_instance_result(session, args.workflow, args.instance,
+                                                 order=args.order)
         console.stdout.write(json_text(result, indent=2) + "\n")
         return EXIT_OK
-    inst = await session.get_instance(args.workflow, args.instance, order=args.order)
+    async with waiting(console, session.base_url, what):
+        inst = await session.get_instance(args.workflow, args.instance, order=args.order)
     for line in render_describe(
         console, args.workflow, args.instance, inst, order=args.order,
         show_output=not args.no_step_output, truncate=args.truncate,

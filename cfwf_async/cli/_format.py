@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -16,15 +17,19 @@ import msgspec
 
 from ..models import ErrorInfo
 from ._console import Console, safe
+from ._width import Column, cells, cut, fit_columns, pad, wrap
 
 __all__ = [
+    "Table",
     "format_bytes",
     "format_clock",
     "format_error",
     "format_time",
     "json_text",
+    "note_narrowed",
     "one_line",
     "table",
+    "wrapped",
 ]
 
 
@@ -82,25 +87,71 @@ def format_error(error: ErrorInfo | None) -> str:
 Style = Callable[[str, int], str]
 
 
-def table(console: Console, headers: Sequence[str], rows: Iterable[Sequence[str]],
-          styles: Sequence[Style | None] | None = None) -> list[str]:
-    """Lines of a left-aligned table; ``styles[i](cell, width)`` paints column ``i``."""
+@dataclass(frozen=True)
+class Table:
+    """A table laid out for the console's width: header line and one line per row.
+
+    ``kept`` are the indexes of the columns shown (others were dropped to fit),
+    ``widths`` their widths in cells, ``cut`` whether any cell was shortened and
+    ``dropped`` whether any column was left out, so the caller can say how to see all.
+    """
+
+    lines: list[str]
+    kept: list[int]
+    widths: list[int]
+    cut: bool
+    dropped: bool
+
+
+def table(console: Console, columns: Sequence[Column], rows: Iterable[Sequence[str]],
+          styles: Sequence[Style | None] | None = None, *, margin: str = "") -> Table:
+    """A left-aligned table that fits ``console.width``; ``styles[i](cell, width)``
+    paints column ``i``. Lines start with ``margin``."""
     body = [[safe(cell) for cell in r] for r in rows]
-    widths = [len(h) for h in headers]
+    natural = [cells(c.header) for c in columns]
     for row in body:
         for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    head = "  ".join(
-        console.paint(h.ljust(w), "bold") for h, w in zip(headers, widths, strict=True)
-    )
-    lines = [head.rstrip()]
+            natural[i] = max(natural[i], cells(cell))
+    kept, widths = fit_columns(columns, natural, console.width, margin=len(margin))
+    ellipsis = console.glyphs.ellipsis
+    head = "  ".join(console.paint(pad(columns[i].header, w), "bold")
+                     for i, w in zip(kept, widths, strict=True))
+    lines = [(margin + head).rstrip()]
+    was_cut = False
     for row in body:
-        cells = []
-        for i, cell in enumerate(row):
+        out = []
+        for i, w in zip(kept, widths, strict=True):
+            cell = cut(row[i], w, ellipsis)
+            was_cut = was_cut or cell != row[i]
             style = styles[i] if styles is not None else None
-            cells.append(style(cell, widths[i]) if style else cell.ljust(widths[i]))
-        lines.append("  ".join(cells).rstrip())
-    return lines
+            out.append(style(cell, w) if style else pad(cell, w))
+        lines.append((margin + "  ".join(out)).rstrip())
+    return Table(lines, kept, widths, was_cut, len(kept) < len(columns))
+
+
+_MIN_ROOM: Final = 40
+
+
+def wrapped(console: Console, indent: str, lead: str, text: str,
+            style: str | None = None) -> list[str]:
+    """``lead`` then ``text`` (painted in ``style``) from ``indent``, wrapped to the
+    console's width with later lines starting under ``text``."""
+    hang = indent + " " * (cells(lead) if lead else 2)
+    if console.width is not None and console.width - cells(hang) < _MIN_ROOM:
+        hang = indent + "    "  # too deep a hang would leave a narrow column of words
+    lines = wrap(lead + text, console.width, indent=indent, hang=hang)
+    first = lines[0]
+    out = [first[: len(indent) + len(lead)] + console.paint(first[len(indent) + len(lead):],
+                                                             style)]
+    out.extend(hang + console.paint(line[len(hang):], style) for line in lines[1:])
+    return out
+
+
+def note_narrowed(console: Console, shown: Table) -> None:
+    """Say on stderr how to see the columns or text a narrow table left out."""
+    if shown.cut or shown.dropped:
+        console.note(f"(fitted to {console.width} columns; --wide or --json for every "
+                     "value in full)")
 
 
 # DEL and C1 characters are valid unescaped inside JSON strings, and can occur nowhere

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -13,11 +13,22 @@ from ..models import TERMINAL_STATUSES, InstanceSummary
 from ..session import WorkflowsSession
 from ..steplog import format_seconds
 from ._console import EXIT_OK, Console
-from ._format import Style, format_time, json_text, table
+from ._format import Style, format_time, json_text, note_narrowed, table
+from ._waiting import waiting
+from ._width import Column
 
 __all__ = ["cmd_list", "parse_timestamp"]
 
-_HEADERS = ("ID", "STATUS", "CREATED", "STARTED", "ENDED", "DURATION")
+# On a narrow terminal STARTED goes first (CREATED and DURATION say nearly as much),
+# then ENDED, DURATION and CREATED; the id is cut last, since it is what one copies.
+_COLUMNS: Final = (
+    Column("ID", cut=True, min_width=12),
+    Column("STATUS"),
+    Column("CREATED", drop=4),
+    Column("STARTED", drop=1),
+    Column("ENDED", drop=2),
+    Column("DURATION", drop=3),
+)
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -60,34 +71,42 @@ def _row(summary: InstanceSummary, now: datetime) -> list[str]:
             format_time(summary.ended_on, millis=False), dur]
 
 
-async def cmd_list(session: WorkflowsSession, args: argparse.Namespace,
-                   console: Console) -> int:
-    """``cfwf list``: a workflow's instances as a table or JSON lines."""
-    limit: int | None = args.limit
-    listing = session.list_instances(args.workflow, **_query(args))
-    rows: list[list[str]] = []
+async def _stream_rows(listing: AsyncIterator[InstanceSummary], limit: int | None,
+                       take: Callable[[InstanceSummary], object]) -> None:
+    """Hand each summary to ``take``, up to ``limit``, then close the listing."""
     count = 0
-    now = datetime.now(UTC)
     try:
         async for summary in listing:
             count += 1
-            if args.json:
-                console.stdout.write(json_text(msgspec.json.encode(summary)) + "\n")
-            else:
-                rows.append(_row(summary, now))
+            take(summary)
             if limit is not None and count >= limit:
                 break
     finally:
         aclose: Callable[[], Awaitable[None]] | None = getattr(listing, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+async def cmd_list(session: WorkflowsSession, args: argparse.Namespace,
+                   console: Console) -> int:
+    """``cfwf list``: a workflow's instances as a table or JSON lines."""
+    listing = session.list_instances(args.workflow, **_query(args))
+    now = datetime.now(UTC)
     if args.json:
+        await _stream_rows(listing, args.limit, lambda s: console.stdout.write(
+            json_text(msgspec.json.encode(s)) + "\n"))
         return EXIT_OK
+    rows: list[list[str]] = []
+    # The table is printed once complete, so the whole listing may show a status line.
+    async with waiting(console, session.base_url, f"GET instances of {args.workflow}"):
+        await _stream_rows(listing, args.limit, lambda s: rows.append(_row(s, now)))
     if not rows:
         console.note("no instances")
         return EXIT_OK
-    styles: list[Style | None] = [None] * len(_HEADERS)
+    styles: list[Style | None] = [None] * len(_COLUMNS)
     styles[1] = lambda cell, w: console.status(cell, width=w)
-    for line in table(console, _HEADERS, rows, styles):
+    shown = table(console, _COLUMNS, rows, styles)
+    for line in shown.lines:
         console.print(line)
+    note_narrowed(console, shown)
     return EXIT_OK

@@ -64,24 +64,37 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"cfwf: error: {one_line} (see `{self.prog} --help`)\n")
 
 
-def _connection(parser: argparse.ArgumentParser, default: Any) -> None:
-    # Connection options are accepted before or after the command name; the
-    # sub-parsers' copies default to SUPPRESS so they never overwrite the main one's.
-    group = parser.add_argument_group("connection")
+def _connection(parser: argparse.ArgumentParser, default: Any, *, timeout: bool = True) -> None:
+    # Global options are accepted before or after the command name; the sub-parsers'
+    # copies default to SUPPRESS so they never overwrite the main one's.
+    group = parser.add_argument_group("connection and output")
     group.add_argument("--account-id", default=default, metavar="ID",
                        help="Cloudflare account id (default: $CLOUDFLARE_ACCOUNT_ID)")
     group.add_argument("--base-url", default=default, metavar="URL",
                        help="API base URL (default: $CLOUDFLARE_BASE_URL or "
                             "https://api.cloudflare.com/client/v4)")
+    group.add_argument("--allow-insecure-http", action="store_true",
+                       default=False if default is None else default,
+                       help="accept a plain http:// base URL to a remote host (sends "
+                            "the token unencrypted)")
+    if timeout:
+        group.add_argument("--timeout", type=_positive_float, default=default, metavar="S",
+                           help="seconds to wait for each API answer (default 60)")
+    group.add_argument("--retries", type=_non_negative_int, default=default, metavar="N",
+                       help="retries after a timeout, connection error, 429 or 5xx "
+                            "(default 2)")
+    group.add_argument("--wide", action="store_true",
+                       default=False if default is None else default,
+                       help="never shorten or drop columns to fit the terminal")
 
 
 def _command(sub: Subparsers, name: str, help_text: str,
-             handler: Handler) -> argparse.ArgumentParser:
-    """An API command: connection options, WORKFLOW, and (by default) INSTANCE."""
+             handler: Handler, *, timeout: bool = True) -> argparse.ArgumentParser:
+    """An API command: global options, WORKFLOW, and (by default) INSTANCE."""
     cmd: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
-    _connection(cmd, argparse.SUPPRESS)
+    _connection(cmd, argparse.SUPPRESS, timeout=timeout)
     cmd.add_argument("workflow", metavar="WORKFLOW")
-    cmd.set_defaults(handler=handler, standalone=None)
+    cmd.set_defaults(handler=handler, standalone=None, timeout_is_deadline=not timeout)
     return cmd
 
 
@@ -113,13 +126,14 @@ def _add_step(sub: Subparsers) -> None:
 
 
 def _add_watch(sub: Subparsers) -> None:
+    # Here --timeout bounds the whole watch (and so every request in it).
     w = _command(sub, "watch", "follow an instance until it ends; exit 0 if it completed",
-                 cmd_watch)
+                 cmd_watch, timeout=False)
     w.add_argument("instance", metavar="INSTANCE")
     w.add_argument("--interval", type=_positive_float, default=2.0, metavar="S",
                    help="seconds between polls (default 2)")
-    w.add_argument("--timeout", type=_positive_float, metavar="S",
-                   help="give up (exit 1) after S seconds")
+    w.add_argument("--timeout", type=_positive_float, default=argparse.SUPPRESS,
+                   metavar="S", help="give up (exit 1) after S seconds")
 
 
 def _add_list(sub: Subparsers) -> None:
@@ -140,7 +154,9 @@ def _add_demo(sub: Subparsers, demo: Standalone) -> None:
                          description="Start the fake Workflows API on 127.0.0.1, fill it "
                                      "with an instance, and run describe, step, list and "
                                      "watch against it. No network, no credentials.")
-    cmd.set_defaults(handler=None, standalone=demo)
+    cmd.add_argument("--wide", action="store_true", default=argparse.SUPPRESS,
+                     help="never shorten or drop columns to fit the terminal")
+    cmd.set_defaults(handler=None, standalone=demo, timeout_is_deadline=False)
 
 
 def build_parser(*, demo: Standalone | None = None) -> argparse.ArgumentParser:

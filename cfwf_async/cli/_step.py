@@ -16,9 +16,10 @@ from ..models import StepOutput
 from ..session import WorkflowsSession
 from ..streaming import StepStream
 from ._console import EXIT_OK, Console, UsageError, is_tty, safe
-from ._format import format_bytes, format_error, json_text
+from ._format import format_bytes, format_error, json_text, wrapped
+from ._waiting import waiting
 
-__all__ = ["DISPLAY_CAP", "PlainProgress", "cmd_step"]
+__all__ = ["DISPLAY_CAP", "PlainProgress", "binary_speed_column", "cmd_step"]
 
 #: Largest streamed output ``cfwf step`` prints without ``--output``.
 DISPLAY_CAP: Final = 1 << 20
@@ -64,7 +65,6 @@ async def _save_with_progress(stream: StepStream, path: str, label: str,
             TaskProgressColumn,
             TextColumn,
             TimeRemainingColumn,
-            TransferSpeedColumn,
         )
     except ImportError:
         plain = PlainProgress(console.stderr, label)
@@ -78,7 +78,7 @@ async def _save_with_progress(stream: StepStream, path: str, label: str,
         BarColumn(),
         TaskProgressColumn(),
         DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
+        binary_speed_column(),
         TimeRemainingColumn(),
         console=rich_console,
     ) as progress:
@@ -88,6 +88,24 @@ async def _save_with_progress(stream: StepStream, path: str, label: str,
             progress.update(task, completed=done)
 
         return await stream.save(path, progress=update)
+
+
+def binary_speed_column() -> Any:
+    """A rich column with the transfer speed in binary units, like the sizes beside it.
+
+    (rich's own speed column counts in powers of 1000 while its download column is set
+    to powers of 1024: ``4.0/4.0 MiB 919.1 MB/s`` mixes the two.)
+    """
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class BinarySpeedColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            shown = "?" if speed is None else f"{format_bytes(speed)}/s"
+            return Text(shown, style="progress.data.speed")
+
+    return BinarySpeedColumn()
 
 
 def _as_text(data: bytes) -> str | None:
@@ -114,9 +132,10 @@ async def cmd_step(session: WorkflowsSession, args: argparse.Namespace,
                    console: Console) -> int:
     """``cfwf step``: one step's full output, streamed to ``--output`` when large."""
     _check_output_target(args)
-    result = await session.get_step_output(
-        args.workflow, args.instance, name=args.step, type=args.type, attempt=args.attempt
-    )
+    async with waiting(console, session.base_url, f"GET step {args.step}"):
+        result = await session.get_step_output(
+            args.workflow, args.instance, name=args.step, type=args.type, attempt=args.attempt
+        )
     if isinstance(result, StepStream):
         async with result:
             return await _emit_stream(result, args, console)
@@ -231,4 +250,6 @@ def _report_saved(console: Console, args: argparse.Namespace, path: str, n: int,
             body["status"] = status
         console.stdout.write(json_text(msgspec.json.encode(body)) + "\n")
     else:
-        console.print(f"saved {n:,} bytes ({safe(content_type)}) to {safe(path)}")
+        for line in wrapped(console, "", "", f"saved {n:,} bytes ({safe(content_type)}) to "
+                                             f"{safe(path)}"):
+            console.print(line)

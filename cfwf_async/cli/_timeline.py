@@ -11,6 +11,7 @@ from ..models import Instance, Step, StepRun
 from ..steplog import format_seconds, step_bounds, step_state
 from ._console import Console, Glyphs, safe
 from ._format import format_clock
+from ._width import cells, cut, pad
 
 __all__ = ["LABEL_WIDTH", "render_timeline"]
 
@@ -44,13 +45,15 @@ class _Axis:
 
 
 def _axis(inst: Instance, timed: list[tuple[Step, datetime, datetime]], now: datetime,
-          width: int | None) -> _Axis:
+          width: int | None, columns: int | None) -> _Axis:
     t0 = min([a for _, a, _ in timed] + ([inst.start] if inst.start else []))
     t1 = max([b for _, _, b in timed] + ([inst.end] if inst.end else []))
     if not inst.is_terminal:
         t1 = max(t1, now)
     if width is None:
-        columns = shutil.get_terminal_size((100, 24)).columns
+        if columns is None:
+            columns = shutil.get_terminal_size((100, 24)).columns
+        # Room for the label, the duration and "  N attempts" after the bar.
         width = max(20, min(64, columns - LABEL_WIDTH - 24))
     return _Axis(t0, t1, width)
 
@@ -97,7 +100,7 @@ def render_timeline(console: Console, inst: Instance, *, now: datetime,
     timed = [(s, a, b) for s, a, b in spans if a is not None and b is not None]
     if not timed:
         return []
-    axis = _axis(inst, timed, now, width)
+    axis = _axis(inst, timed, now, width, console.width)
     lines = [
         p("Timeline", "bold")
         + p(f"  {format_clock(axis.t0)} {g.arrow} {format_clock(axis.t1)}"
@@ -107,10 +110,21 @@ def render_timeline(console: Console, inst: Instance, *, now: datetime,
     for step, a, b in sorted(timed, key=lambda x: x[1]):
         bar, note = _bar(step, a, b, axis, g, now)
         painted = "".join(p(ch, style) for ch, style in bar)
-        label = safe(step.name)
-        if len(label) > LABEL_WIDTH:
-            label = label[: LABEL_WIDTH - len(g.ellipsis)] + g.ellipsis
-        lines.append(f"  {label.ljust(LABEL_WIDTH)} {painted}  {p(note, 'dim')}")
-    lines.append(p(f"  {g.ok} attempt ok  {g.failed} attempt failed  {g.running} running  "
-                   f"{g.wait} waiting to retry  {g.idle} sleep / event wait", "dim"))
+        label = cut(safe(step.name), LABEL_WIDTH, g.ellipsis)
+        lines.append(f"  {pad(label, LABEL_WIDTH)} {painted}  {p(note, 'dim')}")
+    legend = [f"{g.ok} attempt ok", f"{g.failed} attempt failed", f"{g.running} running",
+              f"{g.wait} waiting to retry", f"{g.idle} sleep / event wait"]
+    lines.extend(p(line, "dim") for line in _pack(legend, console.width))
+    return lines
+
+
+def _pack(items: list[str], width: int | None) -> list[str]:
+    """``items`` two spaces apart, as few lines as fit ``width``, each indented by two."""
+    lines = [""]
+    for item in items:
+        candidate = f"{lines[-1]}  {item}"
+        if width is not None and lines[-1] and cells(candidate) > width:
+            lines.append(f"  {item}")
+        else:
+            lines[-1] = candidate
     return lines
