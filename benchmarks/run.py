@@ -324,8 +324,10 @@ def decoders() -> dict[str, Callable[[bytes], Any]]:
 def time_decode(fn: Callable[[bytes], Any], body: bytes, seconds: float) -> tuple[int, float]:
     """(loops, seconds per call) for a run of about ``seconds``."""
     loops = 1
+    # One collection up front: a full collection of the benchmark's large heap costs
+    # more than the short calibration runs it would precede.
+    gc.collect()
     while True:
-        gc.collect()
         t0 = time.perf_counter()
         for _ in range(loops):
             fn(body)
