@@ -44,8 +44,6 @@ from typing import Any, Final, cast
 
 try:
     import redis.asyncio as aioredis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
     from redis.exceptions import RedisError
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -53,7 +51,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from . import _protocol as proto
-from ._redis_common import as_text, describe, scrub, url_password
+from ._redis_common import as_text, client_from_url, describe, scrub
 from ._resource import AsyncResource
 from .cache import (
     CacheKey,
@@ -171,22 +169,7 @@ class RedisCache(AsyncResource):
         seconds (connect and read timeouts of 1 s, one reconnect); ``redis_options`` go
         to :func:`redis.asyncio.from_url` and override those defaults.
         """
-        if not isinstance(url, str):
-            raise TypeError(f"url must be a str, got {type(url).__name__}")
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("url must start with redis://, rediss:// or unix://")
-        options: dict[str, Any] = {
-            "socket_connect_timeout": 1.0,
-            "socket_timeout": 1.0,
-            "retry": Retry(NoBackoff(), 1),
-        }
-        options.update(redis_options)
-        try:
-            client = aioredis.from_url(url, **options)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(
-                f"url is not a usable Redis URL: {scrub(str(exc), url_password(url))}"
-            ) from None
+        client = client_from_url(url, redis_options)
         self = cls(client, ttl=ttl, terminal_ttl=terminal_ttl, prefix=prefix,
                    retry_interval=retry_interval)
         self._owns_client = True

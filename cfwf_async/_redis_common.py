@@ -9,7 +9,16 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
-__all__ = ["as_text", "describe", "host_port", "scrub", "url_password"]
+try:
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        'cfwf_async.redis needs redis-py: pip install "cfwf_async[redis]"'
+    ) from exc
+
+__all__ = ["as_text", "client_from_url", "describe", "host_port", "scrub", "url_password"]
 
 _URL_CREDENTIALS: Final = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^@/\s]*@")
 
@@ -52,3 +61,30 @@ def scrub(text: str, password: str | None) -> str:
     if password:
         text = text.replace(password, "***")
     return text
+
+
+def client_from_url(url: object, options: dict[str, Any]) -> aioredis.Redis:
+    """A client for the Redis at ``url`` that gives up on a dead server quickly.
+
+    By default a call fails within about 2 seconds (connect and read timeouts of 1 s,
+    one reconnect), so a process falls back or skips the cache instead of hanging;
+    ``options`` go to :func:`redis.asyncio.from_url` and override those defaults.
+    Nothing is connected yet when this returns.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a str, got {type(url).__name__}")
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("url must start with redis://, rediss:// or unix://")
+    settings: dict[str, Any] = {
+        "socket_connect_timeout": 1.0,
+        "socket_timeout": 1.0,
+        "retry": Retry(NoBackoff(), 1),
+        **options,
+    }
+    try:
+        return aioredis.from_url(url, **settings)
+    except (ValueError, TypeError) as exc:
+        # redis-py's message may quote the URL, password included.
+        raise ValueError(
+            f"url is not a usable Redis URL: {scrub(str(exc), url_password(url))}"
+        ) from None

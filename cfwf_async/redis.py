@@ -30,8 +30,6 @@ import anyio.lowlevel
 
 try:
     import redis.asyncio as aioredis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
     from redis.exceptions import RedisError, ResponseError
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -40,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ._protocol import check_int, check_number, check_str, check_timeout
 from ._redis_cache import RedisCache
-from ._redis_common import as_text, describe, host_port, scrub, url_password
+from ._redis_common import as_text, client_from_url, describe, host_port, scrub
 from ._resource import AsyncResource
 from ._retry import MAX_SERVER_WAIT, clamp_server_wait
 from .errors import RateLimiterUnavailableError
@@ -226,23 +224,7 @@ class RedisRateLimit(AsyncResource):
         1 s, one reconnect); ``options`` go to :func:`redis.asyncio.from_url` and
         override those defaults.
         """
-        if not isinstance(url, str):
-            raise TypeError("url must be a str")
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("url must start with redis://, rediss:// or unix://")
-        redis_options: dict[str, Any] = {
-            "socket_connect_timeout": 1.0,
-            "socket_timeout": 1.0,
-            "retry": Retry(NoBackoff(), 1),
-            **options,
-        }
-        try:
-            client = aioredis.from_url(url, **redis_options)
-        except (ValueError, TypeError) as exc:
-            # redis-py's message may quote the URL, password included.
-            raise ValueError(
-                f"url is not a usable Redis URL: {scrub(str(exc), url_password(url))}"
-            ) from None
+        client = client_from_url(url, options)
         # Nothing is connected yet, so a refused argument below leaks no socket.
         self = cls(client, requests=requests, period=period, key=key, margin=margin,
                    fallback=fallback, retry_interval=retry_interval)
