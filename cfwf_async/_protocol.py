@@ -406,6 +406,18 @@ def decode_instance(body: bytes, *, status: int = 200, cf_ray: str | None = None
     return _result(env, "instance", status, cf_ray)
 
 
+def decode_result(
+    decode: Callable[[bytes], Envelope[T]],
+    body: bytes,
+    *,
+    what: str,
+    status: int = 200,
+    cf_ray: str | None = None,
+) -> T:
+    """The ``result`` of a 2xx envelope, any failure an APIResponseValidationError."""
+    return _result(_decoded(decode, body, what, status, cf_ray), what, status, cf_ray)
+
+
 def decode_step_output(
     body: bytes, *, status: int = 200, cf_ray: str | None = None
 ) -> StepOutput:

@@ -7,15 +7,17 @@ changes them breaks this module only (``tests/test_transport.py`` says what brok
 * :class:`BodyDecoder` decodes ``Content-Encoding`` itself (requests are sent with
   ``auto_decompress=False``): aiohttp's decoder ends a gzip body that stops mid-member
   as if it were complete, and inflates a whole chunk at once however large it grows;
-* :class:`Sender` sends one GET and classifies its answer, reading JSON bodies with
-  :func:`read_body` up to a decoded-size cap; :class:`Gate` decides when it may leave;
-* :class:`Watchdog` and :func:`shrink_reads` / :func:`restore_reads` work around two
-  behaviours of the transport under a long download.
+* :class:`Sender` sends one request (any method, an optional JSON body) and classifies
+  its answer, reading JSON bodies with :func:`read_body` up to a decoded-size cap;
+  :func:`never_sent` tells a failure that provably left nothing applied; :class:`Gate`
+  decides when a request may leave;
+* :class:`Watchdog` and :func:`shrink_reads` / :func:`restore_reads` (defined in
+  :mod:`cfwf_async._downloads`, re-exported here) work around two behaviours of the
+  transport under a long download.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import zlib
@@ -28,6 +30,7 @@ from yarl import URL
 
 from . import _protocol as proto
 from . import errors
+from ._downloads import READ_SIZE, Watchdog, restore_reads, shrink_reads
 from ._retry import clamp_server_wait
 from .ratelimit import Limiter
 
@@ -44,6 +47,7 @@ __all__ = [
     "Watchdog",
     "content_encoding",
     "mapped",
+    "never_sent",
     "read_body",
     "request_headers",
     "restore_reads",
@@ -59,22 +63,11 @@ logger = logging.getLogger("cfwf_async")
 #: The encodings :class:`BodyDecoder` handles, sent as ``Accept-Encoding``.
 ACCEPT_ENCODING: Final = "gzip, deflate"
 
-# How often a stream that is being read checks that its connection is still open.
-_CLOSED_CHECK: Final = 0.25
-
-#: How many bytes asyncio's plain-socket transport asks recv() for while a stream is
-#: read, and the most a compressed stream inflates per chunk. asyncio's default,
-#: 256 KiB, is a fresh bytes object per read, just over glibc's threshold for giving
-#: freed memory back to the kernel: a process can fall into a mode where every read
-#: maps new pages and faults on each of them (about 190,000 page faults and 3x the CPU
-#: per GiB, measured on loopback). 128 KiB reads stay in reused heap memory.
-READ_SIZE: Final = 128 * 1024
-
 _GZIP_MAGIC: Final = b"\x1f\x8b"
 _OCTET_STREAM: Final = "application/octet-stream"
 
-
-# ---------------------------------------------------------------------------
+#: How many bytes asyncio's plain-socket transport asks recv() for while a stream is
+#: read, and the most a co----------------------------------------------------
 # Errors
 
 
@@ -322,9 +315,10 @@ class Decode(Protocol[T_co]):
 class Request(Generic[T]):
     """What every attempt of one API call needs: ``decode`` turns a 2xx JSON body into
     the result; ``on_stream``, if given, takes over a 2xx octet-stream answer instead.
+    ``method`` defaults to GET; ``body``, if given, is sent as ``application/json``.
     """
 
-    __slots__ = ("decode", "errors", "on_stream", "path", "url")
+    __slots__ = ("body", "decode", "errors", "method", "on_stream", "path", "url")
 
     def __init__(
         self,
@@ -335,16 +329,34 @@ class Request(Generic[T]):
         *,
         timeout: float,
         closed: Callable[[], bool],
+        method: str = "GET",
+        body: bytes | None = None,
     ) -> None:
         self.path = path
         self.url = url
         self.decode = decode
         self.on_stream = on_stream
-        self.errors = ErrorMap(f"GET {path}", timeout=timeout, closed=closed)
+        self.method = method
+        self.body = body
+        self.errors = ErrorMap(f"{method} {path}", timeout=timeout, closed=closed)
+
+
+def never_sent(exc: errors.WorkflowsError) -> bool:
+    """True when the failed attempt provably left nothing applied on the server.
+
+    A 429 refused the request, and a connection that was never made (refused, DNS,
+    TLS handshake) carried no request. Anything else after sending (a reset, a timeout,
+    a 5xx) leaves the outcome unknown.
+    """
+    if isinstance(exc, errors.RateLimitError):
+        return True
+    return type(exc) is errors.APIConnectionError and isinstance(
+        exc.__cause__, aiohttp.ClientConnectorError
+    )
 
 
 class Sender:
-    """Sends one GET and turns its answer into a result or one of the SDK's errors.
+    """Sends one request and turns its answer into a result or one of the SDK's errors.
 
     ``timeout`` bounds an attempt's connect, headers and whole JSON body; a streamed
     answer's reads are bounded one by one (by its StepStream). JSON bodies are read up
@@ -352,12 +364,17 @@ class Sender:
     headers and a 429's ``Retry-After``.
     """
 
-    __slots__ = ("_gate", "_headers", "_json_timeout", "_stream_timeout", "max_bytes", "timeout")
+    __slots__ = (
+        "_gate", "_headers", "_json_timeout", "_stream_timeout", "_write_headers",
+        "max_bytes", "timeout",
+    )
 
     def __init__(
         self, *, headers: Mapping[str, str] | None, timeout: float, max_bytes: int, gate: Gate
     ) -> None:
         self._headers = headers
+        # Built once: a request with a body adds its Content-Type without merging dicts.
+        self._write_headers = {**(headers or {}), "Content-Type": "application/json"}
         self._gate = gate
         self.timeout = timeout
         self.max_bytes = max_bytes
@@ -376,20 +393,22 @@ class Sender:
     ) -> T:
         started = time.monotonic()
         try:
-            resp = await http.get(
+            resp = await http.request(
+                request.method,
                 request.url,
-                headers=self._headers,
+                data=request.body,
+                headers=self._headers if request.body is None else self._write_headers,
                 timeout=self._stream_timeout if request.on_stream else self._json_timeout,
                 allow_redirects=False,
                 auto_decompress=False,
             )
         except Exception as exc:
-            _log_attempt(request.path, None, attempt, started, type(exc).__name__)
+            _log_attempt(request, None, attempt, started, type(exc).__name__)
             raise
         handed_over = False
         try:
             ray = resp.headers.get("cf-ray")
-            _log_attempt(request.path, resp.status, attempt, started, ray)
+            _log_attempt(request, resp.status, attempt, started, ray)
             await self._gate.observe(resp.headers)
             if not 200 <= resp.status < 300:
                 await self._fail(request, resp, ray, started)
@@ -438,26 +457,24 @@ class Sender:
         if resp.status == 429 and retry_after:
             await self._gate.pause(retry_after)
         raise proto.status_error(
-            resp.status, method="GET", path=request.path, body=body, cf_ray=ray,
+            resp.status, method=request.method, path=request.path, body=body, cf_ray=ray,
             retry_after=retry_after, cut_short=cut_short,
         )
 
 
 def _log_attempt(
-    path: str, status: int | None, attempt: int, started: float, detail: str | None
+    request: Request[T], status: int | None, attempt: int, started: float, detail: str | None
 ) -> None:
     """The per-attempt debug line: the status and cf-ray, or why no answer came."""
     if logger.isEnabledFor(logging.DEBUG):
         elapsed = (time.monotonic() - started) * 1000
+        where = request.errors.where
         if status is None:
-            logger.debug(
-                "GET %s -> no answer (%s) attempt %d in %.1f ms", path, detail, attempt, elapsed
-            )
+            logger.debug("%s -> no answer (%s) attempt %d in %.1f ms", where, detail, attempt,
+                         elapsed)
         else:
-            logger.debug(
-                "GET %s -> %d attempt %d in %.1f ms cf-ray %s",
-                path, status, attempt, elapsed, detail,
-            )
+            logger.debug("%s -> %d attempt %d in %.1f ms cf-ray %s", where, status, attempt,
+                         elapsed, detail)
 
 
 class Gate:
@@ -526,74 +543,3 @@ class Gate:
                     retry_after=left,
                 )
             await anyio.sleep(left)
-
-
-# ---------------------------------------------------------------------------
-# Long downloads
-
-
-class Watchdog:
-    """Fails a stream whose connection closed under a read that aiohttp left waiting.
-
-    aiohttp's C parser, on a corrupt chunk header that arrives after the headers, closes
-    the connection without failing the body or keeping the read timeout (aiohttp 3.14),
-    so a plain ``readany()`` would wait forever. One timer per stream, re-armed every
-    0.25 s while the body is incomplete, costs nothing per chunk (a 1 GiB body is about
-    8,000 chunks). It holds the response, never the StepStream, so a dropped stream is
-    still collected and closed by ``StepStream.__del__``.
-    """
-
-    __slots__ = ("_handle", "_loop", "_response")
-
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
-        self._loop = asyncio.get_running_loop()
-        self._handle: asyncio.TimerHandle | None = self._loop.call_later(
-            _CLOSED_CHECK, self._check
-        )
-
-    def _check(self) -> None:
-        self._handle = None
-        response = self._response
-        content = response.content
-        if response.closed or content.is_eof() or content.exception() is not None:
-            return
-        connection = response.connection
-        if connection is None or connection.closed:
-            content.set_exception(
-                aiohttp.ClientPayloadError("the connection closed before the body was complete")
-            )
-            return
-        self._handle = self._loop.call_later(_CLOSED_CHECK, self._check)
-
-    def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-
-def shrink_reads(response: aiohttp.ClientResponse) -> asyncio.BaseTransport | None:
-    """Make a plain-socket connection read :data:`READ_SIZE` bytes at a time; return it.
-
-    Only asyncio's own socket transport has a ``max_size`` (a class attribute, which an
-    instance attribute shadows); TLS and uvloop transports do not and are left alone, as
-    is a transport whose default is already no larger.
-    """
-    connection = response.connection
-    transport = connection.transport if connection is not None else None
-    if transport is None:
-        return None
-    default = getattr(type(transport), "max_size", None)
-    if not isinstance(default, int) or default <= READ_SIZE:
-        return None
-    try:
-        transport.max_size = READ_SIZE  # type: ignore[attr-defined]
-    except (AttributeError, TypeError):  # no instance __dict__: keep the default
-        return None
-    return transport
-
-
-def restore_reads(transport: asyncio.BaseTransport) -> None:
-    """Give a connection back its default read size (it may be pooled by now: the
-    response hands it back when the body ends, and a smaller read harms nobody)."""
-    vars(transport).pop("max_size", None)

@@ -11,6 +11,7 @@ before any request is sent)::
     ├── StreamError                   a streamed output ended early or is corrupt
     ├── OutputTooLargeError           a stream is larger than the caller's byte cap
     ├── RateLimiterUnavailableError   the shared limiter's store (Redis) cannot be reached
+    ├── OutcomeUnknownError           a write may or may not have been applied
     └── APIStatusError                a non-2xx answer (status_code, errors, cf_ray)
         ├── BadRequestError           400
         ├── AuthenticationError       401
@@ -42,6 +43,7 @@ __all__ = [
     "ConflictError",
     "InternalServerError",
     "NotFoundError",
+    "OutcomeUnknownError",
     "OutputTooLargeError",
     "PermissionDeniedError",
     "RateLimitError",
@@ -135,6 +137,26 @@ class RateLimiterUnavailableError(WorkflowsError):
         super().__init__(message)
         self.host = host
         self.port = port
+
+
+class OutcomeUnknownError(WorkflowsError):
+    """A write may or may not have been applied, and the SDK will not resend it.
+
+    Raised when the answer to a request that is not safe to repeat (``send_event``,
+    ``restart_instance``) was lost after the request was sent, or when the SDK could
+    not find out what a create or status change did. ``call`` names the call; the
+    error that left the outcome unknown is the ``__cause__``. Read the instance to
+    learn what happened before trying again.
+    """
+
+    def __init__(self, call: str, *, reason: str = "", cf_ray: str | None = None) -> None:
+        detail = f" ({reason})" if reason else ""
+        super().__init__(
+            f"{call}: the outcome is unknown, the write may or may not have been "
+            f"applied{detail}; read the instance before trying again",
+            cf_ray=cf_ray,
+        )
+        self.call = call
 
 
 class APIStatusError(WorkflowsError):

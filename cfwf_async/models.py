@@ -22,19 +22,24 @@ __all__ = [
     "INSTANCE_STATUSES",
     "TERMINAL_STATUSES",
     "Attempt",
+    "BatchItemError",
+    "CreatedInstance",
     "Envelope",
     "ErrorInfo",
     "ErrorItem",
     "ErrorSource",
     "Instance",
+    "InstanceBatchResult",
     "InstanceRollback",
     "InstanceSummary",
+    "NewInstance",
     "RateLimitInfo",
     "ResultInfo",
     "RetryConfig",
     "RollbackStep",
     "Schedule",
     "SleepStep",
+    "StatusChange",
     "Step",
     "StepConfig",
     "StepOutput",
@@ -42,7 +47,11 @@ __all__ = [
     "TerminationStep",
     "Trigger",
     "UnknownStep",
+    "VersionGraph",
     "WaitForEventStep",
+    "Workflow",
+    "WorkflowInstanceCounts",
+    "WorkflowVersion",
 ]
 
 T = TypeVar("T")
@@ -343,3 +352,98 @@ class RateLimitInfo(msgspec.Struct, frozen=True, gc=False):
     reset: float | None = None
     quota: int | None = None
     window: float | None = None
+
+
+# ---------------------------------------------------------------------------
+# The write side, workflows and versions
+
+
+class NewInstance(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+    """One instance to create with ``create_instances``: its ``params`` (any JSON) and
+    an optional ``instance_id`` (the SDK generates one when it is None)."""
+
+    params: Any = None
+    instance_id: str | None = None
+
+
+class CreatedInstance(_Model, frozen=True):
+    """What creating an instance answers: its ``id``, first ``status`` and version."""
+
+    id: str
+    status: str = "queued"
+    version_id: str | None = None
+    workflow_id: str | None = None
+
+
+class StatusChange(_Model, frozen=True):
+    """What a pause, resume, terminate or restart answers: the instance's ``status``
+    and when it changed (None when the SDK learnt the outcome by reading the instance)."""
+
+    status: str
+    timestamp: _Time | None = None
+
+
+class BatchItemError(_Model, frozen=True):
+    """One id a batch delete or terminate refused, with its input ``index`` when sent."""
+
+    id: str | None = None
+    index: int | None = None
+    code: int = 0
+    message: str = ""
+
+
+class InstanceBatchResult(_Model, frozen=True):
+    """What a batch delete or terminate did: the ids ``done`` and the ``errors``."""
+
+    done: list[str] = []
+    errors: list[BatchItemError] = []
+
+
+class WorkflowInstanceCounts(_Model, frozen=True):
+    """How many instances of a workflow are in each status (None: not reported)."""
+
+    queued: int | None = None
+    running: int | None = None
+    paused: int | None = None
+    errored: int | None = None
+    terminated: int | None = None
+    complete: int | None = None
+    waiting: int | None = None
+    waiting_for_pause: int | None = msgspec.field(default=None, name="waitingForPause")
+
+
+class Workflow(_Model, frozen=True):
+    """A deployed workflow: its name, class and script, and instance counts."""
+
+    name: str
+    id: str | None = None
+    class_name: str | None = None
+    script_name: str | None = None
+    created_on: _Time | None = None
+    modified_on: _Time | None = None
+    triggered_on: _Time | None = None
+    instances: WorkflowInstanceCounts | None = None
+
+
+class WorkflowVersion(_Model, frozen=True):
+    """One deployed version of a workflow."""
+
+    id: str
+    class_name: str | None = None
+    workflow_id: str | None = None
+    created_on: _Time | None = None
+    modified_on: _Time | None = None
+    has_dag: bool | None = None
+    language: str | None = None
+
+
+class VersionGraph(_Model, frozen=True):
+    """A version's step graph; ``graph`` is the API's graph document as decoded JSON
+    (its node types grow over time), None when the version has none."""
+
+    id: str
+    class_name: str | None = None
+    workflow_id: str | None = None
+    created_on: _Time | None = None
+    modified_on: _Time | None = None
+    graph: dict[str, Any] | None = None

@@ -16,6 +16,7 @@ from yarl import URL
 from . import _protocol as proto
 from . import _transport as transport
 from . import errors
+from ._control import ControlMixin
 from ._resource import AsyncResource
 from ._retry import RetryBudget, RetryPolicy, clamp_server_wait
 from ._version import __version__
@@ -66,7 +67,7 @@ def _env_credentials(
     return api_token, api_email, api_key
 
 
-class WorkflowsSession(AsyncResource):
+class WorkflowsSession(ControlMixin, AsyncResource):
     """An async client for Cloudflare Workflows' instance and step-output endpoints.
 
     Every argument is optional where the environment can supply it::

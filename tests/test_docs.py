@@ -109,6 +109,10 @@ def _docs_world() -> FakeWorkflowsAPI:
     api.add_step_output("etl", "run-7", "step 0-1", {"rows": 1200})
     api.add_step_output("etl", "run-7", "export-1", StreamBody.repeat(3 << 20))
     api.add_step_output("etl", "run-7", "approval-1", {"approved": True}, type="waitForEvent")
+    approval = make_instance("running", steps=1)
+    approval["steps"].append({"type": "waitForEvent", "name": "approval-1", "finished": False,
+                              "start": "2026-10-30T08:01:00Z", "event_type": "approval"})
+    api.add_instance("approvals", "request-1", approval)
     return api
 
 

@@ -407,7 +407,11 @@ def _concrete_faults(base: type[Fault] = Fault) -> set[type[Fault]]:
 
 def test_every_fault_type_has_a_wire_test_here() -> None:
     """A new fault type must come with a test above of what it does on the wire."""
-    assert _concrete_faults() == {Answer, Reset, Delay, Truncate, BadChunking, Trickle, Stall}
+    from cfwf_async.testing import DropAnswer
+
+    assert _concrete_faults() == {
+        Answer, Reset, DropAnswer, Delay, Truncate, BadChunking, Trickle, Stall,
+    }
 
 
 @pytest.mark.anyio
@@ -454,3 +458,26 @@ async def test_a_client_hanging_up_mid_body_ends_the_answer_quietly(
     ]
     assert server_errors == []
     assert len(fake.requests) == 1
+
+
+@pytest.mark.anyio
+async def test_drop_answer_applies_the_request_then_resets(
+    session: WorkflowsSession, fake_api: FakeWorkflowsAPI
+) -> None:
+    from cfwf_async import OutcomeUnknownError
+    from cfwf_async.testing import DropAnswer
+
+    fault = Fault.drop_answer()
+    assert isinstance(fault, DropAnswer)
+    assert fault.label == "drop answer"
+    fake_api.add_instance("wf", "i-1", make_instance("running"))
+    fake_api.inject(fault)
+    with pytest.raises(OutcomeUnknownError):
+        await session.send_event("wf", "i-1", "go")
+    assert len(fake_api.events) == 1  # applied, though the answer never came
+    assert fake_api.injected["drop answer"] == 1
+    # Reset, unlike it, applies nothing.
+    fake_api.inject(Fault.reset())
+    with pytest.raises(OutcomeUnknownError):
+        await session.send_event("wf", "i-1", "go")
+    assert len(fake_api.events) == 1

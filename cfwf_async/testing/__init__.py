@@ -23,11 +23,12 @@ at a seeded random rate, and :attr:`FakeWorkflowsAPI.injected` counts what was i
 
     api.inject(Fault.http(503), times=2)            # two 503 envelopes, then the real answer
     api.inject(Fault.reset())                       # connection reset before any answer
+    api.inject(Fault.drop_answer())                 # the write is applied, the answer lost
     api.fault_rate(0.2, [Fault.http(500), Fault.edge_page(502),
                          Fault.rate_limit(0), Fault.reset()], seed=7)
 
 Each constructor returns a typed fault (:class:`Answer`, :class:`Reset`,
-:class:`Delay`, :class:`Truncate`, :class:`BadChunking`, :class:`Trickle`,
+:class:`Delay`, :class:`DropAnswer`, :class:`Truncate`, :class:`BadChunking`, :class:`Trickle`,
 :class:`Stall`), all of them :class:`Fault` values.
 
 With pytest, the ``cfwf_async`` plugin (installed with the package) gives the
@@ -44,6 +45,7 @@ from ._faults import (
     BadChunking,
     BodyFault,
     Delay,
+    DropAnswer,
     Fault,
     Reset,
     Stall,
@@ -59,6 +61,7 @@ __all__ = [
     "BodyFault",
     "ChunkSource",
     "Delay",
+    "DropAnswer",
     "FakeWorkflowsAPI",
     "Fault",
     "RecordedRequest",

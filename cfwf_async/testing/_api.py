@@ -16,9 +16,20 @@ from .._resource import AsyncResource
 from ..session import WorkflowsSession
 from ._bodies import StreamBody, reset_connection, send_body, wait_unless_gone
 from ._builders import API_PREFIX, envelope, envelope_error
-from ._faults import Answer, BodyFault, Delay, Fault, FaultPlan, Reset, Truncate, fake_error
+from ._faults import (
+    Answer,
+    BodyFault,
+    Delay,
+    DropAnswer,
+    Fault,
+    FaultPlan,
+    Reset,
+    Truncate,
+    fake_error,
+)
 from ._listing import listing_page, summarise
 from ._quota import SimulatedQuota
+from ._writes import WriteState, add_write_routes
 
 __all__ = ["FakeWorkflowsAPI", "RecordedRequest"]
 
@@ -45,7 +56,7 @@ class RecordedRequest:
     received_at: float = field(default_factory=time.monotonic)
 
 
-class FakeWorkflowsAPI(AsyncResource):
+class FakeWorkflowsAPI(WriteState, AsyncResource):
     """An in-process fake of the Workflows REST API, served on 127.0.0.1.
 
     ``api_token`` (or ``api_email`` + ``api_key``) are the credentials it accepts and
@@ -85,6 +96,7 @@ class FakeWorkflowsAPI(AsyncResource):
         #: Requests that arrived after the simulated quota (``set_ratelimit``) had run
         #: out; the real API would have answered them 429 and blocked the user.
         self.over_quota = 0
+        WriteState.__init__(self)
 
     # -- registration ----------------------------------------------------------
 
@@ -207,6 +219,7 @@ class FakeWorkflowsAPI(AsyncResource):
         app.router.add_get(base, self._list_instances)
         app.router.add_get(base + "/{instance_id}", self._get_instance)
         app.router.add_get(base + "/{instance_id}/step", self._get_step_output)
+        add_write_routes(app, base, self)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -276,7 +289,7 @@ class FakeWorkflowsAPI(AsyncResource):
             await wait_unless_gone(request, fault.seconds)
         resp = await handler(request)
         match fault:
-            case Reset():
+            case Reset() | DropAnswer():
                 reset_connection(request)
             case BodyFault() if isinstance(resp, web.Response) and not resp.prepared:
                 return await self._spoil(request, resp, fault)

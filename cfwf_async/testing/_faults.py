@@ -22,6 +22,7 @@ __all__ = [
     "BadChunking",
     "BodyFault",
     "Delay",
+    "DropAnswer",
     "Fault",
     "FaultPlan",
     "Reset",
@@ -144,6 +145,12 @@ class Fault:
         return Reset()
 
     @classmethod
+    def drop_answer(cls) -> DropAnswer:
+        """Process the request for real (a write is applied), then reset the connection
+        instead of answering: the client cannot know whether it took effect."""
+        return DropAnswer()
+
+    @classmethod
     def delay(cls, seconds: float) -> Delay:
         """Hold the answer back for ``seconds`` (make it longer than the client's timeout)."""
         return Delay(seconds)
@@ -201,6 +208,16 @@ class Reset(Fault):
     @property
     def label(self) -> str:
         return "reset"
+
+
+@dataclass(frozen=True)
+class DropAnswer(Fault):
+    """Apply the request like the real API, then drop the connection with a TCP RST
+    before the answer goes out (:class:`Reset` drops it without applying anything)."""
+
+    @property
+    def label(self) -> str:
+        return "drop answer"
 
 
 @dataclass(frozen=True)
