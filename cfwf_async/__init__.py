@@ -25,6 +25,7 @@ from .batch import (
     StepRef,
     StreamedOutput,
 )
+from .cache import Cache, CacheKey, MemoryCache
 from .errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -85,6 +86,8 @@ __all__ = [
     "BatchProgress",
     "BatchResult",
     "BatchSuccess",
+    "Cache",
+    "CacheKey",
     "ConflictError",
     "ErrorInfo",
     "ErrorItem",
@@ -95,6 +98,7 @@ __all__ = [
     "InstanceSummary",
     "InternalServerError",
     "Limiter",
+    "MemoryCache",
     "NotFoundError",
     "OutputTooLargeError",
     "PermissionDeniedError",
