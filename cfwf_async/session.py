@@ -139,9 +139,7 @@ class WorkflowsSession(AsyncResource):
         )
         cap = proto.check_timeout("retry_after_cap", retry_after_cap)
         self._policy: Final = RetryPolicy(max_retries, retry_after_cap=cap)
-        self._budget: RetryBudget | None = (
-            RetryBudget() if isinstance(retry_budget, _Default) else retry_budget
-        )
+        self._budget = RetryBudget() if isinstance(retry_budget, _Default) else retry_budget
         if isinstance(rate_limit, _Default):
             rate_limit = RateLimit(1200, 300.0)
         if rate_limit is not None and not isinstance(rate_limit, Limiter):
@@ -154,13 +152,10 @@ class WorkflowsSession(AsyncResource):
         self._owns_http: Final = http_session is None
         self._closed = False
         self._reads: Final = Reads(self.base_url, coalesce=coalesce, cache=cache)
-        self.cache: Final = cache
         self._headers: Final = transport.request_headers(headers, f"cfwf_async/{__version__}")
         self._sender: Final = transport.Sender(
-            headers=None if self._owns_http else self._headers,
-            timeout=self.timeout,
-            max_bytes=self.max_response_bytes,
-            gate=self._gate,
+            headers=None if self._owns_http else self._headers, timeout=self.timeout,
+            max_bytes=self.max_response_bytes, gate=self._gate,
         )
         self._caller: Final = Caller(
             self.base_url, timeout=self.timeout, policy=self._policy, budget=self._budget,
@@ -194,6 +189,11 @@ class WorkflowsSession(AsyncResource):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def cache(self) -> Cache | None:
+        """The cache given to the constructor (never closed by the session), or None."""
+        return self._reads.cache
 
     def _client(self) -> aiohttp.ClientSession:
         if self._closed:
