@@ -25,6 +25,7 @@ from .batch import (
     StepRef,
     StreamedOutput,
 )
+from .cache import Cache, CacheKey, MemoryCache
 from .errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -96,6 +97,8 @@ __all__ = [
     "BatchProgress",
     "BatchResult",
     "BatchSuccess",
+    "Cache",
+    "CacheKey",
     "ConflictError",
     "CreatedInstance",
     "ErrorInfo",
@@ -108,6 +111,7 @@ __all__ = [
     "InstanceSummary",
     "InternalServerError",
     "Limiter",
+    "MemoryCache",
     "NewInstance",
     "NotFoundError",
     "OutcomeUnknownError",

@@ -26,6 +26,7 @@ from . import _protocol as proto
 from . import _transport as transport
 from . import _wire as wire
 from . import errors
+from ._calls import Caller
 from ._retry import RetryBudget
 from .models import (
     CreatedInstance,
@@ -94,13 +95,11 @@ class ControlMixin:
         def _gate(self) -> transport.Gate: ...
         @property
         def _sender(self) -> transport.Sender: ...
-        @property
-        def _budget(self) -> RetryBudget | None: ...
+        _budget: RetryBudget | None
+        _caller: Caller
+
         def _client(self) -> aiohttp.ClientSession: ...
         def _account(self, account_id: str | None) -> str: ...
-        def _retry_delay(
-            self, retry: int, exc: errors.WorkflowsError, path: str
-        ) -> tuple[float, int] | None: ...
 
     def _note_write(self, account: str, workflow_name: str, instance_id: str) -> None:
         """Called after every write to an instance, whatever its outcome.
@@ -162,7 +161,7 @@ class ControlMixin:
             elif not unsent and not unknown:
                 raise failure
             applied = applied or unknown
-            delay = self._retry_delay(attempt, failure, path)
+            delay = self._caller.retry_delay(attempt, failure, path, method=method)
             if delay is None:
                 raise _unknown(call, failure) if applied and method != "GET" else failure
             spent = delay[1]
@@ -333,7 +332,7 @@ class ControlMixin:
             except _Resend as resend:
                 created += resend.found
                 rounds, applied = rounds + 1, True
-                delay = self._retry_delay(rounds, resend.cause, path)
+                delay = self._caller.retry_delay(rounds, resend.cause, path, method="POST")
                 if delay is None:
                     raise _unknown(call, resend.cause) from None
                 pending = resend.remaining

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
-from contextlib import aclosing
 from datetime import datetime
 from typing import Final, Self, TypeVar
 
 import aiohttp
-import anyio
-from yarl import URL
 
 from . import _protocol as proto
 from . import _transport as transport
-from . import errors
+from ._calls import Caller, env_credentials
 from ._control import ControlMixin
+from ._reads import WAIT_TARGET, Reads, poll
 from ._resource import AsyncResource
-from ._retry import RetryBudget, RetryPolicy, clamp_server_wait
+from ._retry import RetryBudget, RetryPolicy
 from ._version import __version__
 from .batch import (
     Batch,
@@ -28,14 +25,13 @@ from .batch import (
     instances_batch,
     step_outputs_batch,
 )
+from .cache import Cache, check_max_age
 from .listing import InstanceListing
 from .models import Instance, StepOutput
 from .ratelimit import Limiter, RateLimit
 from .streaming import StepStream
 
 __all__ = ["WorkflowsSession"]
-
-logger = logging.getLogger("cfwf_async")
 
 T = TypeVar("T")
 
@@ -48,23 +44,8 @@ class _Default:
 
 
 _DEFAULT: Final = _Default()
-#: How much longer each watch_instance poll waits than the one before.
-_POLL_BACKOFF: Final = 1.25
 #: The default cap on a JSON answer's decoded size.
 _MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
-
-
-def _env_credentials(
-    api_token: str | None, api_email: str | None, api_key: str | None
-) -> tuple[str | None, str | None, str | None]:
-    """The credentials given, or else those of the environment (a token first)."""
-    if api_token is None and api_email is None and api_key is None:
-        env = os.environ
-        api_token = env.get("CLOUDFLARE_API_TOKEN") or None
-        if api_token is None:
-            api_email = env.get("CLOUDFLARE_EMAIL") or None
-            api_key = env.get("CLOUDFLARE_API_KEY") or None
-    return api_token, api_email, api_key
 
 
 class WorkflowsSession(ControlMixin, AsyncResource):
@@ -112,6 +93,14 @@ class WorkflowsSession(ControlMixin, AsyncResource):
         A :class:`~cfwf_async.ratelimit.Limiter` shared by every call of the session;
         defaults to a fresh ``RateLimit(1200, 300.0)`` (Cloudflare's account quota).
         ``None`` disables client-side limiting (a 429 still pauses the session).
+    ``coalesce``
+        Identical reads in flight at once (same account, path and query) share one
+        request, which alone takes a limiter slot and retries (a stream is never
+        shared); on by default.
+    ``cache``
+        A :class:`~cfwf_async.cache.Cache` (:class:`MemoryCache`,
+        :class:`~cfwf_async.redis.RedisCache`) reused by ``get_instance`` and
+        ``get_step_output``; off by default. The caller closes it.
     """
 
     def __init__(
@@ -130,8 +119,10 @@ class WorkflowsSession(ControlMixin, AsyncResource):
         retry_budget: RetryBudget | _Default | None = _DEFAULT,
         allow_insecure_http: bool = False,
         max_response_bytes: int = _MAX_RESPONSE_BYTES,
+        coalesce: bool = True,
+        cache: Cache | None = None,
     ) -> None:
-        api_token, api_email, api_key = _env_credentials(api_token, api_email, api_key)
+        api_token, api_email, api_key = env_credentials(api_token, api_email, api_key)
         headers = proto.auth_headers(api_token=api_token, api_email=api_email, api_key=api_key)
         self._auth_kind: Final = "token" if api_token else "global key"
         if account_id is None:
@@ -149,9 +140,7 @@ class WorkflowsSession(ControlMixin, AsyncResource):
         )
         cap = proto.check_timeout("retry_after_cap", retry_after_cap)
         self._policy: Final = RetryPolicy(max_retries, retry_after_cap=cap)
-        self._budget: RetryBudget | None = (
-            RetryBudget() if isinstance(retry_budget, _Default) else retry_budget
-        )
+        self._budget = RetryBudget() if isinstance(retry_budget, _Default) else retry_budget
         if isinstance(rate_limit, _Default):
             rate_limit = RateLimit(1200, 300.0)
         if rate_limit is not None and not isinstance(rate_limit, Limiter):
@@ -163,12 +152,15 @@ class WorkflowsSession(ControlMixin, AsyncResource):
         self._http = http_session
         self._owns_http: Final = http_session is None
         self._closed = False
+        self._reads: Final = Reads(self.base_url, coalesce=coalesce, cache=cache)
         self._headers: Final = transport.request_headers(headers, f"cfwf_async/{__version__}")
         self._sender: Final = transport.Sender(
-            headers=None if self._owns_http else self._headers,
-            timeout=self.timeout,
-            max_bytes=self.max_response_bytes,
-            gate=self._gate,
+            headers=None if self._owns_http else self._headers, timeout=self.timeout,
+            max_bytes=self.max_response_bytes, gate=self._gate,
+        )
+        self._caller = Caller(
+            self.base_url, timeout=self.timeout, policy=self._policy, budget=self._budget,
+            gate=self._gate, sender=self._sender, client=self._client, closed=self._is_closed,
         )
 
     def __repr__(self) -> str:
@@ -190,6 +182,7 @@ class WorkflowsSession(ControlMixin, AsyncResource):
         retried; a call made afterwards raises :class:`RuntimeError`.
         """
         self._closed = True
+        await self._reads.aclose()
         http, self._http = self._http, None
         if http is not None and self._owns_http and not http.closed:
             await http.close()
@@ -197,6 +190,11 @@ class WorkflowsSession(ControlMixin, AsyncResource):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def cache(self) -> Cache | None:
+        """The cache given to the constructor (never closed by the session), or None."""
+        return self._reads.cache
 
     def _client(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -222,11 +220,14 @@ class WorkflowsSession(ControlMixin, AsyncResource):
         order: str | None = None,
         simple: bool | None = None,
         account_id: str | None = None,
+        max_age: float | None = None,
     ) -> Instance:
         """Status, timing and step log of one instance.
 
         ``order`` is ``"asc"`` (oldest step first, the API's default) or ``"desc"``;
-        ``simple=True`` skips the step details (``steps`` is empty, ``step_count`` set)::
+        ``simple=True`` skips the step details (``steps`` is empty, ``step_count`` set).
+        ``max_age`` (seconds) bounds how old a cached or shared answer may be
+        (``0``: always a fresh request; None: the cache's ``ttl``)::
 
             inst = await session.get_instance("checkout", "order-981", order="desc")
             for step in inst.steps:
@@ -243,7 +244,7 @@ class WorkflowsSession(ControlMixin, AsyncResource):
                 raise TypeError(f"simple must be a bool, got {type(simple).__name__}")
             query["simple"] = "true" if simple else "false"
         path = proto.instance_path(account, workflow_name, instance_id)
-        return await self._call(path, query, proto.decode_instance)
+        return await self._read(path, path, query, proto.decode_instance, Instance, max_age)
 
     async def get_step_output(
         self,
@@ -254,13 +255,15 @@ class WorkflowsSession(ControlMixin, AsyncResource):
         type: str = "step",
         attempt: int | None = None,
         account_id: str | None = None,
+        max_age: float | None = None,
     ) -> StepOutput | StepStream:
         """The full output of one step: a :class:`StepOutput` or a :class:`StepStream`.
 
         ``name`` is the exact step name from the instance log (``"fetch page-1"``),
         ``type`` is ``"step"`` or ``"waitForEvent"``, ``attempt`` picks one attempt
-        (1-based). A step that returned a ``ReadableStream`` comes back as a
-        :class:`StepStream` that must be consumed or closed::
+        (1-based), ``max_age`` as for :meth:`get_instance`. A step that returned a
+        ``ReadableStream`` comes back as a :class:`StepStream` (never cached or shared)
+        that must be consumed or closed::
 
             out = await session.get_step_output("etl", "run-7", name="export-1")
             if isinstance(out, StepStream):
@@ -278,9 +281,10 @@ class WorkflowsSession(ControlMixin, AsyncResource):
         }
         if attempt is not None:
             query["attempt"] = str(proto.check_positive_int("attempt", attempt))
-        path = proto.instance_path(account, workflow_name, instance_id) + "/step"
-        return await self._call(
-            path, query, proto.decode_step_output, on_stream=self._stream
+        scope = proto.instance_path(account, workflow_name, instance_id)
+        return await self._read(
+            scope + "/step", scope, query, proto.decode_step_output, StepOutput, max_age,
+            on_stream=self._stream,
         )
 
     def list_instances(
@@ -319,7 +323,7 @@ class WorkflowsSession(ControlMixin, AsyncResource):
         path = proto.instances_path(account, workflow_name)
 
         async def fetch(page_query: Mapping[str, str]) -> proto.InstancePage:
-            return await self._call(path, page_query, proto.decode_instance_page)
+            return await self._read(path, path, page_query, proto.decode_instance_page)
 
         return InstanceListing(fetch, query)
 
@@ -355,26 +359,13 @@ class WorkflowsSession(ControlMixin, AsyncResource):
         ceiling = max(interval, proto.check_timeout("max_poll_interval", max_poll_interval))
         if not isinstance(simple, bool):
             raise TypeError(f"simple must be a bool, got {type(simple).__name__}")
-        return self._watch(workflow_name, instance_id, interval, ceiling, simple, account)
-
-    async def _watch(
-        self,
-        workflow_name: str,
-        instance_id: str,
-        interval: float,
-        ceiling: float,
-        simple: bool,
-        account: str,
-    ) -> AsyncGenerator[Instance, None]:
-        while True:
-            polled = await self.get_instance(
+        return poll(
+            lambda: self.get_instance(
                 workflow_name, instance_id, simple=simple, account_id=account
-            )
-            yield polled
-            if polled.is_terminal:
-                return
-            await anyio.sleep(interval)
-            interval = min(interval * _POLL_BACKOFF, ceiling)
+            ),
+            interval,
+            ceiling,
+        )
 
     async def wait_for_instance(
         self,
@@ -394,7 +385,8 @@ class WorkflowsSession(ControlMixin, AsyncResource):
         first ``poll_interval`` seconds apart, then a quarter longer each time up to
         ``max_poll_interval``; once the status is terminal, fetches and returns the
         full :class:`Instance`, steps included. Each poll is an API call and counts
-        against the account's quota.
+        against the account's quota; with coalescing on, every wait on one instance
+        shares one poll loop (at the pace of the wait that started it).
 
         ``timeout`` (seconds, None for no limit) bounds the whole wait, final fetch
         included; when it runs out the builtin :class:`TimeoutError` is raised. Errors
@@ -406,22 +398,23 @@ class WorkflowsSession(ControlMixin, AsyncResource):
                 print(inst.error)
         """
         deadline = proto.check_timeout("timeout", timeout, allow_none=True)
-        polls = self.watch_instance(
+        polls = self.watch_instance(  # checks the arguments; iterated by one waiter only
             workflow_name,
             instance_id,
             poll_interval=poll_interval,
             max_poll_interval=max_poll_interval,
             account_id=account_id,
         )
-        status = "unknown"
-        with anyio.move_on_after(deadline):
-            async with aclosing(polls):
-                async for polled in polls:
-                    status = polled.status
-                    if polled.is_terminal:
-                        return await self.get_instance(
-                            workflow_name, instance_id, account_id=account_id
-                        )
+        account = self._account(account_id)
+        scope = proto.instance_path(account, workflow_name, instance_id)
+        found, status = await self._reads.wait(
+            self._reads.key(scope, scope, {})._replace(target=WAIT_TARGET),
+            polls,
+            lambda: self.get_instance(workflow_name, instance_id, account_id=account),
+            deadline,
+        )
+        if found is not None:
+            return found
         raise TimeoutError(
             f"instance {instance_id!r} of workflow {workflow_name!r} did not finish within "
             f"{deadline:g} s (last status: {status})"
@@ -544,6 +537,38 @@ class WorkflowsSession(ControlMixin, AsyncResource):
     def _is_closed(self) -> bool:
         return self._closed
 
+    async def _read(
+        self,
+        path: str,
+        scope_path: str,
+        query: Mapping[str, str],
+        decode: transport.Decode[T],
+        kind: type[Instance | StepOutput] | None = None,
+        max_age: float | None = None,
+        *,
+        on_stream: Callable[[aiohttp.ClientResponse, str | None], T] | None = None,
+    ) -> T:
+        """A read through the cache and coalescer (see ``_reads``), else :meth:`_call`."""
+        max_age = check_max_age(max_age)
+        return await self._reads.read(
+            self._reads.key(scope_path, path, query),
+            path,
+            lambda: self._call(path, query, decode, on_stream=on_stream),
+            kind,
+            max_age=max_age,
+        )
+
+    def _note_write(self, account: str, workflow_name: str, instance_id: str) -> None:
+        """Called after every write to an instance, whatever its outcome.
+
+        Drops the instance's cache entries before any later read of it looks there,
+        and no later read joins a request that began before the write.
+        """
+        self._reads.note_write(
+            proto.instance_path(account, workflow_name, instance_id),
+            proto.instances_path(account, workflow_name),
+        )
+
     async def _call(
         self,
         path: str,
@@ -557,52 +582,4 @@ class WorkflowsSession(ControlMixin, AsyncResource):
         ``decode`` turns a 2xx JSON body into the result; ``on_stream``, when given,
         takes over a 2xx ``application/octet-stream`` answer instead.
         """
-        http = self._client()
-        target = self.base_url + path
-        if query:
-            target += "?" + proto.query_string(query)
-        request = transport.Request(
-            path, URL(target, encoded=True), decode, on_stream,
-            timeout=self.timeout, closed=self._is_closed,
-        )
-        retry = 0
-        spent = 0  # what the latest retry took from the budget
-        while True:
-            if self._closed:  # closed while this call waited: never retried
-                raise errors.APIConnectionError(f"GET {path}: the session was closed")
-            # Idle fast path: with no limiter and no 429 pause in force there is nothing
-            # to wait for, so skip the coroutine round trips.
-            if not self._gate.idle:
-                await self._gate.wait_turn()
-            try:
-                result = await self._sender.attempt(http, request, retry + 1)
-            except errors.WorkflowsError as exc:
-                retry += 1
-                delay = self._retry_delay(retry, exc, path)
-                if delay is None:
-                    raise
-                spent = delay[1]
-                await anyio.sleep(delay[0])
-                continue
-            if self._budget is not None:
-                self._budget.refund(spent)
-            return result
-
-    def _retry_delay(
-        self, retry: int, exc: errors.WorkflowsError, path: str
-    ) -> tuple[float, int] | None:
-        """The wait before retry ``retry`` (at most MAX_SERVER_WAIT) and its cost, or None."""
-        delay = self._policy.delay(retry, exc)
-        if delay is None or self._closed:
-            return None
-        delay = clamp_server_wait(delay)
-        spent = 0
-        if self._budget is not None:
-            spent = self._budget.try_spend(exc)
-            if not spent:
-                if logger.isEnabledFor(logging.DEBUG):
-                    logger.debug("GET %s not retried: the retry budget is empty", path)
-                return None
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("GET %s retrying in %.3f s after %s", path, delay, type(exc).__name__)
-        return delay, spent
+        return await self._caller.call(path, query, decode, on_stream)

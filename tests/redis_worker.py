@@ -51,6 +51,7 @@ async def main(cfg: dict[str, object]) -> None:
             account_id=str(cfg["account"]),
             base_url=str(cfg["base_url"]),
             rate_limit=limit,
+            coalesce=False,  # every call must reach the API: they are what is counted
         ) as session,
     ):
         limit.delay_max = float(cfg.get("delay_max", 0.0))  # type: ignore[arg-type]

@@ -47,16 +47,18 @@ ServeApp = Callable[[web.Application], AbstractAsyncContextManager[str]]
 @asynccontextmanager
 async def _session(api: FakeWorkflowsAPI, app: web.Application | None = None,
                    serve_app: ServeApp | None = None) -> AsyncIterator[WorkflowsSession]:
+    # Batches here repeat ids on purpose, to count requests in flight: no coalescing.
     if app is None:
         async with api.serve() as url, WorkflowsSession(
-            api_token=api.api_token, account_id=api.account_id, base_url=url, rate_limit=None
+            api_token=api.api_token, account_id=api.account_id, base_url=url, rate_limit=None,
+            coalesce=False,
         ) as session:
             yield session
     else:
         assert serve_app is not None
         async with serve_app(app) as root, WorkflowsSession(
             api_token=api.api_token, account_id=api.account_id,
-            base_url=root + API_PREFIX, rate_limit=None,
+            base_url=root + API_PREFIX, rate_limit=None, coalesce=False,
         ) as session:
             yield session
 
@@ -256,7 +258,7 @@ async def test_a_batch_goes_through_the_session_limiter() -> None:
     api.add_instance(WF, "a", make_instance("complete", steps=0))
     async with api.serve() as url, WorkflowsSession(
         api_token=api.api_token, account_id=api.account_id, base_url=url,
-        rate_limit=RateLimit(5, 0.3),
+        rate_limit=RateLimit(5, 0.3), coalesce=False,
     ) as session, session.get_instances(WF, ["a"] * 12, concurrency=12) as batch:
         assert len([r async for r in batch if r.ok]) == 12
     t = sorted(r.received_at for r in api.requests)

@@ -109,6 +109,9 @@ def _api(n: int = 1) -> FakeWorkflowsAPI:
 async def _session(
     api: FakeWorkflowsAPI, base_url: str, **kwargs: object
 ) -> AsyncIterator[WorkflowsSession]:
+    # These tests count the requests the limiter lets through; coalescing would merge
+    # their identical concurrent reads into one.
+    kwargs.setdefault("coalesce", False)
     async with WorkflowsSession(
         api_token=api.api_token,
         account_id=api.account_id,

@@ -160,7 +160,8 @@ async def test_retry_budget_bounds_requests_when_everything_fails(
     api.fault_rate(1.0, [Fault.http(503)])
     budget = RetryBudget(capacity, retry_cost=cost)
     outcomes: list[BaseException] = []
-    async with make_session(max_retries=5, retry_budget=budget) as session:
+    # Concurrent identical calls, each of which must spend its own attempts.
+    async with make_session(max_retries=5, retry_budget=budget, coalesce=False) as session:
 
         async def one() -> None:
             try:

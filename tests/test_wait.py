@@ -158,7 +158,7 @@ class _Sleeps:
             self.waits.append(seconds)
             await real(0)
 
-        monkeypatch.setattr("cfwf_async.session.anyio.sleep", sleep)
+        monkeypatch.setattr("cfwf_async._reads.anyio.sleep", sleep)
 
 
 @pytest.mark.anyio
