@@ -4,7 +4,7 @@
 request loop. For each read it tries, in order:
 
 1. the cache (only for ``get_instance`` and ``get_step_output``), within the caller's
-   ``max_age``;
+   ``max_age``; callers looking up one key at once share one lookup;
 2. a request already in flight for the same key (same base URL, account, path and
    query) that began less than ``max_age`` ago, or else the cache's ``ttl``;
 3. its own request (the session's limiter, retries and retry budget: only this one
@@ -68,6 +68,12 @@ class Reads:
         self.flights: Final[Coalescer[CacheKey, object] | None] = (
             Coalescer() if coalesce else None
         )
+        # Concurrent lookups of one key (with one max_age) share one trip to the cache:
+        # with a remote cache, callers that each paid a round trip would all miss while
+        # the first answer is still on its way, and then each send its own request.
+        self.lookups: Final[Coalescer[tuple[CacheKey, float | None], object] | None] = (
+            Coalescer() if coalesce and cache is not None else None
+        )
         self._invalidating: dict[str, asyncio.Task[None]] = {}
         self._waits: dict[CacheKey, _WaitState] = {}
 
@@ -95,7 +101,7 @@ class Reads:
         miss: Miss | None = None
         if cache is not None:
             await self._settled(key.scope)
-            found = await cache.get(key, max_age=max_age)
+            found = await self._look_up(cache, key, max_age)
             if isinstance(found, Miss):
                 miss = found
             elif kind is not None and isinstance(found, kind):
@@ -124,6 +130,16 @@ class Reads:
         finally:
             if not sent and logger.isEnabledFor(logging.DEBUG):
                 logger.debug("GET %s joined a request in flight", path)
+
+    async def _look_up(self, cache: Cache, key: CacheKey, max_age: float | None) -> object:
+        """``cache.get``, shared by the callers asking for the same key at once."""
+        if self.lookups is None or max_age == 0:
+            return await cache.get(key, max_age=max_age)
+
+        async def get() -> object:
+            return await cache.get(key, max_age=max_age)
+
+        return await self.lookups.run((key, max_age), get)
 
     async def wait(
         self,
@@ -165,6 +181,8 @@ class Reads:
         listing = self.base_url + listing_path
         if self.flights is not None:
             self.flights.forget(lambda k: k.scope == scope or k.scope == listing)
+        if self.lookups is not None:
+            self.lookups.forget(lambda k: k[0].scope == scope)
         if self.cache is not None:
             earlier = self._invalidating.get(scope)
             task = asyncio.get_running_loop().create_task(
