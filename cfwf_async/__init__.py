@@ -43,7 +43,7 @@ from .errors import (
     StreamError,
     WorkflowsError,
 )
-from .listing import InstanceListing
+from .listing import InstanceListing, Listing, PageListing
 from .models import (
     INSTANCE_STATUSES,
     TERMINAL_STATUSES,
@@ -108,10 +108,12 @@ __all__ = [
     "InstanceSummary",
     "InternalServerError",
     "Limiter",
+    "Listing",
     "NewInstance",
     "NotFoundError",
     "OutcomeUnknownError",
     "OutputTooLargeError",
+    "PageListing",
     "PermissionDeniedError",
     "RateLimit",
     "RateLimitError",

@@ -20,6 +20,7 @@ from ._control import ControlMixin
 from ._resource import AsyncResource
 from ._retry import RetryBudget, RetryPolicy, clamp_server_wait
 from ._version import __version__
+from ._workflows import WorkflowsMixin
 from .batch import (
     Batch,
     BatchProgress,
@@ -67,7 +68,7 @@ def _env_credentials(
     return api_token, api_email, api_key
 
 
-class WorkflowsSession(ControlMixin, AsyncResource):
+class WorkflowsSession(ControlMixin, WorkflowsMixin, AsyncResource):
     """An async client for Cloudflare Workflows' instance and step-output endpoints.
 
     Every argument is optional where the environment can supply it::
