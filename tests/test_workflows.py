@@ -12,7 +12,7 @@ from cfwf_async import (
     Workflow,
     WorkflowsSession,
 )
-from cfwf_async.testing import Fault, FakeWorkflowsAPI
+from cfwf_async.testing import FakeWorkflowsAPI, Fault
 
 pytestmark = pytest.mark.anyio
 

@@ -98,7 +98,8 @@ async def test_answers_decode_with_repairs_and_unknown_fields(
     assert wf.instances is not None
     assert (wf.instances.running, wf.instances.waiting_for_pause) == (50, 1)
     assert type(wf.instances.running) is int
-    assert wf.created_on is not None and wf.created_on.utcoffset() is not None
+    assert wf.created_on is not None
+    assert wf.created_on.utcoffset() is not None
     assert got.graph == graph
 
 
@@ -132,9 +133,13 @@ async def test_a_repeated_page_ends_with_validation_error(
     async with serve_app(rec.app()) as url:
         listing = make_session(url + "/client/v4", account_id="acc").list_workflows()
         names: list[str] = []
-        with pytest.raises(APIResponseValidationError, match="already handed out"):
+
+        async def collect() -> None:
             async for w in listing:
                 names.append(w.name)
+
+        with pytest.raises(APIResponseValidationError, match="already handed out"):
+            await collect()
     assert len(names) == len(set(names)) == 100
     assert len(rec.seen) == 2
 
