@@ -44,7 +44,7 @@ from .errors import (
     StreamError,
     WorkflowsError,
 )
-from .listing import InstanceListing
+from .listing import InstanceListing, Listing, PageListing
 from .models import (
     INSTANCE_STATUSES,
     TERMINAL_STATUSES,
@@ -111,11 +111,13 @@ __all__ = [
     "InstanceSummary",
     "InternalServerError",
     "Limiter",
+    "Listing",
     "MemoryCache",
     "NewInstance",
     "NotFoundError",
     "OutcomeUnknownError",
     "OutputTooLargeError",
+    "PageListing",
     "PermissionDeniedError",
     "RateLimit",
     "RateLimitError",

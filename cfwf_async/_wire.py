@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 
+from . import _decoding, errors
 from . import _protocol as proto
-from . import errors
 from .models import (
     BatchItemError,
     CreatedInstance,
@@ -75,6 +75,14 @@ def check_event_type(value: object) -> str:
 
 def check_version_id(value: object) -> str:
     return proto.check_path_segment("version_id", value, max_len=proto.INSTANCE_ID_MAX)
+
+
+def workflow_body(class_name: object, script_name: object) -> bytes:
+    """The ``PUT /workflows/{name}`` body: the Worker script and the class in it."""
+    return msgspec.json.encode({
+        "class_name": proto.check_str("class_name", class_name),
+        "script_name": proto.check_str("script_name", script_name),
+    })
 
 
 def encode_json(name: str, value: object) -> bytes:
@@ -163,13 +171,79 @@ def same_params(sent: Any, found: Any) -> bool:
 # Answers
 
 
-def _decoder(model: Any, what: str) -> Callable[..., Any]:
+#: Timestamps of workflow and version answers that may come without an offset (UTC).
+_TIMES: Final = ("created_on", "modified_on", "triggered_on")
+#: The per-status instance counts of a workflow, typed ``number`` by the API.
+_COUNTS: Final = (
+    "queued", "running", "paused", "errored", "terminated", "complete", "waiting",
+    "waitingForPause",
+)
+
+
+def _repaired(model: Any, body: bytes) -> Any:
+    """The second chance for a body the strict decoder refused: naive timestamps are
+    UTC and whole-number counts (``50.0``) ints, at known fields only."""
+    doc = _decoding._json_envelope(body)
+    result = doc.get("result")
+    for item in result if isinstance(result, list) else [result]:
+        if isinstance(item, dict):
+            _decoding._as_utc(item, _TIMES)
+            _decoding._as_int(item.get("instances"), _COUNTS)
+    return msgspec.convert(doc, Envelope[model])
+
+
+def _lenient(model: Any) -> Callable[[bytes], Any]:
     decoder = msgspec.json.Decoder(Envelope[model])
 
-    def decode(body: bytes, *, status: int = 200, cf_ray: str | None = None) -> Any:
-        return proto.decode_result(decoder.decode, body, what=what, status=status, cf_ray=cf_ray)
+    def decode(body: bytes) -> Any:
+        try:
+            return decoder.decode(body)
+        except msgspec.ValidationError:
+            return _repaired(model, body)
 
     return decode
+
+
+def _decoder(model: Any, what: str) -> Callable[..., Any]:
+    decode_envelope = _lenient(model)
+
+    def decode(body: bytes, *, status: int = 200, cf_ray: str | None = None) -> Any:
+        return proto.decode_result(decode_envelope, body, what=what, status=status,
+                                   cf_ray=cf_ray)
+
+    return decode
+
+
+class NumberedPage(msgspec.Struct, Generic[T], frozen=True, gc=False):
+    """One page of a page-numbered listing (workflows, versions)."""
+
+    items: list[T]
+    total_pages: int | None = None
+    status: int = 200
+    cf_ray: str | None = None
+
+
+def _page_decoder(model: Any, what: str) -> Callable[..., Any]:
+    decode_envelope = _lenient(list[model])
+
+    def decode(body: bytes, *, status: int = 200, cf_ray: str | None = None) -> Any:
+        env = proto.decode_result(
+            lambda b: _with_list(decode_envelope(b)), body, what=what, status=status,
+            cf_ray=cf_ray,
+        )
+        items, info = env
+        pages = None if info is None else info.total_pages
+        return NumberedPage(items, pages, status, cf_ray)
+
+    return decode
+
+
+def _with_list(env: Envelope[Any]) -> Envelope[Any]:
+    """The envelope with ``(items, result_info)`` as its result (a null list is empty),
+    so the envelope checks of :func:`_protocol.decode_result` apply to pages too."""
+    if env.success is False:
+        return env
+    return msgspec.structs.replace(env, result=(env.result or [], env.result_info))
 
 
 decode_created: Final[Callable[..., CreatedInstance]] = _decoder(CreatedInstance, "create")
@@ -184,6 +258,12 @@ decode_versions: Final[Callable[..., list[WorkflowVersion]]] = _decoder(
     list[WorkflowVersion], "versions"
 )
 decode_graph: Final[Callable[..., VersionGraph]] = _decoder(VersionGraph, "version graph")
+decode_workflow_page: Final[Callable[..., NumberedPage[Workflow]]] = _page_decoder(
+    Workflow, "workflow listing"
+)
+decode_version_page: Final[Callable[..., NumberedPage[WorkflowVersion]]] = _page_decoder(
+    WorkflowVersion, "version listing"
+)
 _decode_any: Final = _decoder(Any, "batch")
 
 
@@ -230,6 +310,18 @@ def already_exists(exc: errors.WorkflowsError) -> bool:
         return True
     text = " ".join(e.message for e in exc.errors).lower() or str(exc).lower()
     return any(word in text for word in _EXISTS_WORDS)
+
+
+async def settle_delete(
+    exc: errors.WorkflowsError, applied: bool, unknown: bool
+) -> tuple[None] | None:
+    """How a failed delete ends: an unknown outcome is retried, and a 404 after an
+    earlier attempt may have been applied means that attempt deleted it."""
+    if unknown:
+        return None
+    if applied and isinstance(exc, errors.NotFoundError):
+        return (None,)
+    raise exc
 
 
 def refused(exc: errors.WorkflowsError) -> bool:

@@ -413,12 +413,17 @@ class WorkflowInstanceCounts(_Model, frozen=True):
 
 
 class Workflow(_Model, frozen=True):
-    """A deployed workflow: its name, class and script, and instance counts."""
+    """A deployed workflow: its name, class and script, and instance counts.
+
+    ``version_id`` (the version a create or update made) comes only from
+    ``update_workflow``; ``instances`` only from reads.
+    """
 
     name: str
     id: str | None = None
     class_name: str | None = None
     script_name: str | None = None
+    version_id: str | None = None
     created_on: _Time | None = None
     modified_on: _Time | None = None
     triggered_on: _Time | None = None

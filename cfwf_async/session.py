@@ -17,6 +17,7 @@ from ._reads import WAIT_TARGET, Reads, poll
 from ._resource import AsyncResource
 from ._retry import RetryBudget, RetryPolicy
 from ._version import __version__
+from ._workflows import WorkflowsMixin
 from .batch import (
     Batch,
     BatchProgress,
@@ -48,7 +49,7 @@ _DEFAULT: Final = _Default()
 _MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
 
 
-class WorkflowsSession(ControlMixin, AsyncResource):
+class WorkflowsSession(WorkflowsMixin, ControlMixin, AsyncResource):
     """An async client for Cloudflare Workflows' instance and step-output endpoints.
 
     Every argument is optional where the environment can supply it::

@@ -113,6 +113,7 @@ def _docs_world() -> FakeWorkflowsAPI:
     approval["steps"].append({"type": "waitForEvent", "name": "approval-1", "finished": False,
                               "start": "2026-10-30T08:01:00Z", "event_type": "approval"})
     api.add_instance("approvals", "request-1", approval)
+    api.add_workflow("checkout", class_name="CheckoutWorkflow", script_name="shop")
     return api
 
 

@@ -29,6 +29,7 @@ from ._faults import (
 )
 from ._listing import listing_page, summarise
 from ._quota import SimulatedQuota
+from ._workflows import WorkflowState, add_workflow_routes
 from ._writes import WriteState, add_write_routes
 
 __all__ = ["FakeWorkflowsAPI", "RecordedRequest"]
@@ -56,7 +57,7 @@ class RecordedRequest:
     received_at: float = field(default_factory=time.monotonic)
 
 
-class FakeWorkflowsAPI(WriteState, AsyncResource):
+class FakeWorkflowsAPI(WriteState, WorkflowState, AsyncResource):
     """An in-process fake of the Workflows REST API, served on 127.0.0.1.
 
     ``api_token`` (or ``api_email`` + ``api_key``) are the credentials it accepts and
@@ -97,6 +98,7 @@ class FakeWorkflowsAPI(WriteState, AsyncResource):
         #: out; the real API would have answered them 429 and blocked the user.
         self.over_quota = 0
         WriteState.__init__(self)
+        WorkflowState.__init__(self)
 
     # -- registration ----------------------------------------------------------
 
@@ -220,6 +222,7 @@ class FakeWorkflowsAPI(WriteState, AsyncResource):
         app.router.add_get(base + "/{instance_id}", self._get_instance)
         app.router.add_get(base + "/{instance_id}/step", self._get_step_output)
         add_write_routes(app, base, self)
+        add_workflow_routes(app, self)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
