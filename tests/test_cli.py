@@ -323,6 +323,11 @@ async def test_demo_runs_offline_and_exits_0(tmp_path: Path) -> None:
     watched = out[out.index("$ cfwf watch"):].splitlines()
     assert "running" in watched[1]
     assert any("complete" in line and "took" in line for line in watched)
+    assert "triggered checkout / order-8b21d0 (queued)\n" in out
+    assert "sent event 'payment-approved' to checkout / order-8b21d0\n" in out
+    released = out[out.index("$ cfwf describe checkout order-8b21d0"):]
+    assert "payment approved-1  complete" in released
+    assert "restarted checkout / order-8b21d0 (now running)\n" in out
     seen = json.loads(report.read_text())
     assert seen["refused"] == []
     assert seen["loopback"] >= 1  # the guard was active and saw the demo's connections
