@@ -323,6 +323,11 @@ async def test_demo_runs_offline_and_exits_0(tmp_path: Path) -> None:
     watched = out[out.index("$ cfwf watch"):].splitlines()
     assert "running" in watched[1]
     assert any("complete" in line and "took" in line for line in watched)
+    assert "triggered checkout / order-8b21d0 (queued)\n" in out
+    assert "sent event 'payment-approved' to checkout / order-8b21d0\n" in out
+    released = out[out.index("$ cfwf describe checkout order-8b21d0"):]
+    assert "payment approved-1  complete" in released
+    assert "restarted checkout / order-8b21d0 (now running)\n" in out
     seen = json.loads(report.read_text())
     assert seen["refused"] == []
     assert seen["loopback"] >= 1  # the guard was active and saw the demo's connections
@@ -349,9 +354,11 @@ async def test_list_table_with_filters(fake_api: UnfoldingWorkflowsAPI, base_url
                         "--base-url", base_url, env=child_env(fake_api))
     assert result.returncode == 0, result.stderr.decode()
     header, *rows = result.stdout.decode().splitlines()
-    assert header.split() == ["ID", "STATUS", "CREATED", "STARTED", "ENDED", "DURATION"]
+    assert header.split() == ["ID", "STATUS", "CREATED", "STARTED", "ENDED", "DURATION",
+                              "MODIFIED", "VERSION"]
     assert [r.split()[:2] for r in rows] == [["order-7f3a97", "errored"]]
-    assert rows[0].endswith("2m 12s")
+    assert "  2m 12s  " in rows[0]
+    assert rows[0].endswith("5c1e2f4a-8b9d-4c3e-a1f0-7d6b2e9c4a18")
     query = fake_api.requests[0].query
     assert query["status"] == "errored"
     assert query["date_start"] == "2000-01-01T00:00:00.000Z"

@@ -14,7 +14,7 @@ import os
 import shlex
 import tempfile
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -227,6 +227,47 @@ def command_lines(argv: Sequence[str], width: int | None) -> list[str]:
     return lines
 
 
+NEW_ORDER: Final = "order-8b21d0"
+
+
+def _waiting_for_payment(params: Any) -> dict[str, Any]:
+    """The new order a moment after it started: waiting for its payment approval."""
+    # Started three seconds ago (a _Timeline counts from 4m30s before its "now").
+    t = _Timeline(datetime.now(UTC) + timedelta(minutes=4, seconds=27))
+    return {
+        "status": "waiting", "queued": t.at(0.0), "start": t.at(0.2), "end": None,
+        "error": None, "output": None, "params": params, "success": None,
+        "trigger": {"source": "api"}, "versionId": "5c1e2f4a-8b9d-4c3e-a1f0-7d6b2e9c4a18",
+        "steps": [
+            t.ok_step("load order-1", 0.3, 1.1, '{"id":"o-8b21d0","items":1,"total":19.9}',
+                      {"retries": _DEFAULT_RETRIES, "timeout": "10 minutes"}),
+            {"type": "waitForEvent", "name": "payment approved-1", "start": t.at(1.2),
+             "end": None, "finished": False, "error": None,
+             "event_type": "payment-approved", "output": None},
+        ],
+    }
+
+
+async def _control_section(api: FakeWorkflowsAPI, console: Console,
+                           run: Callable[[list[str]], Awaitable[int]]) -> list[int]:
+    """Start an order, release its event wait with an event, and restart it."""
+    params = {"orderId": "o-8b21d0", "items": 1}
+    console.print()
+    _prose(console, "Starting and steering instances: a new order, an event that releases "
+                    "its wait, and a restart from that step.")
+    codes = [await run(["trigger", WORKFLOW, '{"orderId":"o-8b21d0","items":1}',
+                        "--id", NEW_ORDER])]
+    # The fake API runs no workflow code: this is where the order's code would have
+    # reached its step.waitForEvent.
+    api.add_instance(WORKFLOW, NEW_ORDER, _waiting_for_payment(params))
+    codes.append(await run(["send-event", WORKFLOW, NEW_ORDER, "--type", "payment-approved",
+                            "--payload", '{"approver":"ops"}']))
+    codes.append(await run(["describe", WORKFLOW, NEW_ORDER, "--no-step-output"]))
+    codes.append(await run(["restart", WORKFLOW, NEW_ORDER, "--from-step",
+                            "payment approved-1", "--from-step-type", "waitForEvent"]))
+    return codes
+
+
 def _prose(console: Console, text: str) -> None:
     for line in wrapped(console, "", "", text, "dim"):
         console.print(line)
@@ -270,6 +311,7 @@ async def run_demo(console: Console, *, watch_interval: float = 0.25) -> int:
             api.add_instance_states(WORKFLOW, INSTANCE, states)
             codes.append(await run(["watch", WORKFLOW, INSTANCE,
                                     "--interval", f"{watch_interval:g}"]))
+            codes += await _control_section(api, console, run)
     console.print()
     _prose(console, "That was all offline. Against your account: export CLOUDFLARE_API_TOKEN "
                     "and CLOUDFLARE_ACCOUNT_ID, then run the same commands.")

@@ -28,7 +28,7 @@ from ..steplog import (
     step_bounds,
     step_state,
 )
-from ._console import EXIT_OK, Console, safe
+from ._console import EXIT_API, EXIT_OK, Console, safe
 from ._format import (
     Style,
     format_clock,
@@ -287,9 +287,27 @@ async def fetch_instance_result(session: WorkflowsSession, workflow: str, instan
     return await session._call(path, query, decode)
 
 
+async def _latest(session: WorkflowsSession, workflow: str, console: Console) -> str | None:
+    """The id of ``workflow``'s newest instance (the listing, newest first, one row)."""
+    listing = session.list_instances(workflow, direction="desc", per_page=1)
+    try:
+        async with waiting(console, session.base_url, f"GET newest instance of {workflow}"):
+            async for summary in listing:
+                return summary.id
+    finally:
+        await listing.aclose()
+    return None
+
+
 async def cmd_describe(session: WorkflowsSession, args: argparse.Namespace,
                        console: Console) -> int:
     """``cfwf describe``: summary, steps and timeline of one instance (or its JSON)."""
+    if args.instance == "latest":
+        newest = await _latest(session, args.workflow, console)
+        if newest is None:
+            console.error(f"{args.workflow} has no instances to describe")
+            return EXIT_API
+        args.instance = newest
     what = f"GET instance {args.instance}"
     if args.json:
         async with waiting(console, session.base_url, what):

@@ -15,7 +15,13 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from .. import _protocol as proto
-from ..errors import APIConnectionError, APIStatusError, APITimeoutError, WorkflowsError
+from ..errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    OutcomeUnknownError,
+    WorkflowsError,
+)
 
 __all__ = ["Explained", "explain_api_error", "explain_value_error"]
 
@@ -88,8 +94,22 @@ def _explain_status(exc: APIStatusError, args: argparse.Namespace) -> Explained 
     return None
 
 
+def _explain_unknown(exc: OutcomeUnknownError, args: argparse.Namespace) -> Explained:
+    cause = exc.__cause__
+    reason = f" ({cause})" if cause is not None else ""
+    instance = getattr(args, "instance", None) or getattr(args, "id", None)
+    target = ["cfwf", "describe", args.workflow, instance] if instance else [
+        "cfwf", "list", args.workflow, "--reverse"]
+    return Explained(
+        f"no answer arrived, so the write may or may not have been applied{reason}",
+        f"check with: {shlex.join(target)} before trying again",
+    )
+
+
 def explain_api_error(exc: WorkflowsError, args: argparse.Namespace) -> Explained:
     """The line (and hint) ``cfwf`` prints for an SDK error."""
+    if isinstance(exc, OutcomeUnknownError):
+        return _explain_unknown(exc, args)
     if isinstance(exc, APIConnectionError) and "session was closed" not in exc.message:
         return _explain_connection(exc, args)
     if isinstance(exc, APIStatusError):

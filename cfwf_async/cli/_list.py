@@ -19,15 +19,18 @@ from ._width import Column
 
 __all__ = ["cmd_list", "parse_timestamp"]
 
-# On a narrow terminal STARTED goes first (CREATED and DURATION say nearly as much),
-# then ENDED, DURATION and CREATED; the id is cut last, since it is what one copies.
+# On a narrow terminal VERSION and MODIFIED go first (rarely what one scans a list
+# for), then STARTED (CREATED and DURATION say nearly as much), ENDED, DURATION and
+# CREATED; the id is cut last, since it is what one copies.
 _COLUMNS: Final = (
     Column("ID", cut=True, min_width=12),
     Column("STATUS"),
-    Column("CREATED", drop=4),
-    Column("STARTED", drop=1),
-    Column("ENDED", drop=2),
-    Column("DURATION", drop=3),
+    Column("CREATED", drop=6),
+    Column("STARTED", drop=3),
+    Column("ENDED", drop=4),
+    Column("DURATION", drop=5),
+    Column("MODIFIED", drop=2),
+    Column("VERSION", drop=1),
 )
 
 
@@ -51,6 +54,8 @@ def _query(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["date_start"] = args.since
     if args.until is not None:
         kwargs["date_end"] = args.until
+    if args.reverse:
+        kwargs["direction"] = "desc"
     if args.limit is not None:
         # Ask for no more than we will show, so --limit 5 is one small request.
         kwargs["per_page"] = min(args.limit, 100)
@@ -68,7 +73,8 @@ def _row(summary: InstanceSummary, now: datetime) -> list[str]:
     return [summary.id, summary.status,
             format_time(summary.created_on, millis=False),
             format_time(summary.started_on, millis=False),
-            format_time(summary.ended_on, millis=False), dur]
+            format_time(summary.ended_on, millis=False), dur,
+            format_time(summary.modified_on, millis=False), summary.version_id or "-"]
 
 
 async def _stream_rows(listing: AsyncIterator[InstanceSummary], limit: int | None,

@@ -16,10 +16,23 @@ from .._version import __version__
 from ..models import INSTANCE_STATUSES
 from ..session import WorkflowsSession
 from ._console import EXIT_USAGE, Console
+from ._control import (
+    MISSING,
+    cmd_delete,
+    cmd_pause,
+    cmd_restart,
+    cmd_resume,
+    cmd_send_event,
+    cmd_terminate,
+    cmd_trigger,
+    json_argument,
+    json_file_argument,
+)
 from ._describe import cmd_describe
 from ._list import cmd_list, parse_timestamp
 from ._step import cmd_step
 from ._watch import cmd_watch
+from ._workflows import cmd_workflows_delete, cmd_workflows_describe, cmd_workflows_list
 
 __all__ = ["Handler", "Standalone", "build_parser"]
 
@@ -99,9 +112,9 @@ def _command(sub: Subparsers, name: str, help_text: str,
 
 
 def _add_describe(sub: Subparsers) -> None:
-    d = _command(sub, "describe", "an instance's summary, every step, and a timeline",
-                 cmd_describe)
-    d.add_argument("instance", metavar="INSTANCE")
+    d = _command(sub, "describe", "an instance's summary, every step, and a timeline "
+                 "(no INSTANCE, or 'latest': the newest one)", cmd_describe)
+    d.add_argument("instance", metavar="INSTANCE", nargs="?", default="latest")
     d.add_argument("--json", action="store_true",
                    help="print the instance as the API sent it, as JSON")
     d.add_argument("--order", choices=("asc", "desc"), default="asc",
@@ -146,7 +159,78 @@ def _add_list(sub: Subparsers) -> None:
                     help="created at or before this date-time (no zone: UTC)")
     ls.add_argument("--limit", type=_positive_int, metavar="N",
                     help="stop after N instances (fetches no further pages)")
+    ls.add_argument("--reverse", action="store_true", help="newest first")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def _json_flag(cmd: argparse.ArgumentParser, what: str) -> None:
+    cmd.add_argument("--json", action="store_true", help=f"print {what} as JSON")
+
+
+def _yes_flag(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("-y", "--yes", action="store_true",
+                     help="do not ask for confirmation (needed when stdin is not a terminal)")
+
+
+def _add_writes(sub: Subparsers) -> None:
+    t = _command(sub, "trigger", "start an instance of a workflow", cmd_trigger)
+    t.add_argument("params", metavar="PARAMS_JSON", nargs="?", type=json_argument,
+                   default=MISSING, help="the instance's params, as JSON")
+    t.add_argument("--id", metavar="ID", help="the instance id (default: a new UUID)")
+    _json_flag(t, "the created instance")
+    for name, handler, text in (("pause", cmd_pause, "pause a running instance"),
+                                ("resume", cmd_resume, "resume a paused instance"),
+                                ("terminate", cmd_terminate, "terminate an instance"),
+                                ("restart", cmd_restart, "restart an instance")):
+        c = _command(sub, name, text, handler)
+        c.add_argument("instance", metavar="INSTANCE")
+        _json_flag(c, "the new status")
+        if name == "terminate":
+            c.add_argument("--rollback", action="store_true",
+                           help="run the instance's rollback steps first")
+            _yes_flag(c)
+        if name == "restart":
+            c.add_argument("--from-step", metavar="NAME",
+                           help="restart from this step instead of the start")
+            c.add_argument("--from-step-count", type=_positive_int, metavar="N",
+                           help="the step's Nth run (when it ran more than once)")
+            c.add_argument("--from-step-type", choices=("do", "sleep", "waitForEvent"),
+                           help="the step's type")
+    e = _command(sub, "send-event", "send an event to an instance's waitForEvent step",
+                 cmd_send_event)
+    e.add_argument("instance", metavar="INSTANCE")
+    e.add_argument("--type", required=True, metavar="T", help="the event type")
+    payload = e.add_mutually_exclusive_group()
+    payload.add_argument("--payload", type=json_argument, default=MISSING, metavar="JSON",
+                         help="the event's payload, as JSON")
+    payload.add_argument("--payload-file", dest="payload", type=json_file_argument,
+                         metavar="FILE", help="the payload from a JSON file ('-': stdin)")
+    _json_flag(e, "the event sent")
+    d = _command(sub, "delete", "delete instances (100 per request)", cmd_delete)
+    d.add_argument("ids", metavar="ID", nargs="*", help="instance ids")
+    d.add_argument("--file", metavar="FILE",
+                   help="more ids, one per line ('-': stdin)")
+    _yes_flag(d)
+    _json_flag(d, "what was deleted")
+
+
+def _add_workflows(sub: Subparsers) -> None:
+    group: argparse.ArgumentParser = sub.add_parser(
+        "workflows", help="the account's workflows: list, describe NAME, delete NAME",
+        description="The account's workflows.")
+    actions = group.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ls: argparse.ArgumentParser = actions.add_parser("list", help="every workflow")
+    _connection(ls, argparse.SUPPRESS)
+    ls.set_defaults(handler=cmd_workflows_list, standalone=None, timeout_is_deadline=False,
+                    workflow=None)
+    _json_flag(ls, "one workflow per line")
+    d = _command(actions, "describe", "a workflow's id, class, script, times and counts",
+                 cmd_workflows_describe)
+    _json_flag(d, "the workflow")
+    rm = _command(actions, "delete", "delete a workflow and all its instances",
+                  cmd_workflows_delete)
+    _yes_flag(rm)
+    _json_flag(rm, "what was deleted")
 
 
 def _add_demo(sub: Subparsers, demo: Standalone) -> None:
@@ -163,9 +247,10 @@ def build_parser(*, demo: Standalone | None = None) -> argparse.ArgumentParser:
     """The ``cfwf`` argument parser; with ``demo``, a ``demo`` command that runs it."""
     parser = _Parser(
         prog="cfwf",
-        description="Look at Cloudflare Workflows instances: describe, step outputs, watch, "
-                    "list. Credentials come from CLOUDFLARE_API_TOKEN (or CLOUDFLARE_EMAIL "
-                    "and CLOUDFLARE_API_KEY).",
+        description="Look at and control Cloudflare Workflows instances: describe, step "
+                    "outputs, watch, list, trigger, pause, resume, terminate, restart, "
+                    "send-event, delete, workflows. Credentials come from "
+                    "CLOUDFLARE_API_TOKEN (or CLOUDFLARE_EMAIL and CLOUDFLARE_API_KEY).",
         epilog="Try `cfwf demo` first: it runs every command against a local fake API.",
     )
     parser.add_argument("--version", action="version", version=f"cfwf {__version__}")
@@ -175,6 +260,8 @@ def build_parser(*, demo: Standalone | None = None) -> argparse.ArgumentParser:
     _add_step(sub)
     _add_watch(sub)
     _add_list(sub)
+    _add_writes(sub)
+    _add_workflows(sub)
     if demo is not None:
         _add_demo(sub, demo)
     return parser
