@@ -11,7 +11,6 @@ from subprocess import CompletedProcess
 import anyio
 import pytest
 
-from cfwf_async import WorkflowsSession
 from cfwf_async.cli._console import Console, UsageError
 from cfwf_async.cli._control import confirm, read_ids
 from cfwf_async.testing import FakeWorkflowsAPI, Fault, make_instance
@@ -20,7 +19,6 @@ from tests.test_cli import assert_clean_error, cfwf, child_env
 pytestmark = pytest.mark.anyio
 
 WF = "checkout"
-_WORKFLOW_CALLS = hasattr(WorkflowsSession, "list_workflows")
 
 
 async def run(api: FakeWorkflowsAPI, base_url: str, *args: str,
@@ -240,7 +238,6 @@ async def test_list_reverse_and_version_modified_columns(
     assert head[:3] == ["ID", "STATUS", "CREATED"]
 
 
-@pytest.mark.skipif(not _WORKFLOW_CALLS, reason="the SDK has no workflow calls yet")
 async def test_workflows_list_describe_delete(
     fake_api: FakeWorkflowsAPI, base_url: str
 ) -> None:

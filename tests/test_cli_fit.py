@@ -115,7 +115,9 @@ async def test_list_fits_80_columns_with_uuid_ids_whole(
                        ([], child_env(fake_api))):
         full = await cfwf("list", WORKFLOW, *extra, "--base-url", base_url, env=env)
         head = full.stdout.decode().splitlines()[0].split()
-        assert head == ["ID", "STATUS", "CREATED", "STARTED", "ENDED", "DURATION"]
+        assert head == [
+            "ID", "STATUS", "CREATED", "STARTED", "ENDED", "DURATION", "MODIFIED", "VERSION"
+        ]
         assert full.stderr == b""
 
 

@@ -36,8 +36,7 @@ async def cmd_workflows_list(session: WorkflowsSession, args: argparse.Namespace
     """``cfwf workflows list``: a table, or one JSON object per line."""
     found: list[Workflow] = []
     async with waiting(console, session.base_url, "GET workflows"):
-        # until list_workflows lands
-        async for workflow in session.list_workflows():  # type: ignore[attr-defined]
+        async for workflow in session.list_workflows():
             found.append(workflow)
     if args.json:
         for workflow in found:
@@ -72,9 +71,7 @@ async def cmd_workflows_describe(session: WorkflowsSession, args: argparse.Names
                                  console: Console) -> int:
     """``cfwf workflows describe NAME``: its id, class, script, times and counts."""
     async with waiting(console, session.base_url, f"GET workflow {args.workflow}"):
-        # until get_workflow lands
-        workflow: Workflow = await session.get_workflow(  # type: ignore[attr-defined]
-            args.workflow)
+        workflow: Workflow = await session.get_workflow(args.workflow)
     if args.json:
         console.print(json_text(msgspec.json.encode(workflow), indent=2))
         return EXIT_OK
@@ -87,8 +84,7 @@ async def cmd_workflows_delete(session: WorkflowsSession, args: argparse.Namespa
                                console: Console) -> int:
     """``cfwf workflows delete NAME``: asks first on a terminal, needs ``--yes`` elsewhere."""
     confirm(console, f"delete workflow {args.workflow} and all its instances?", yes=args.yes)
-    # until delete_workflow lands
-    await session.delete_workflow(args.workflow)  # type: ignore[attr-defined]
+    await session.delete_workflow(args.workflow)
     if args.json:
         console.print(json_text(msgspec.json.encode({"workflow": args.workflow,
                                                       "deleted": True})))
