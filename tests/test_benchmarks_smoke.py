@@ -20,6 +20,7 @@ def _have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for RSS")
 def test_quick_benchmark_prints_every_table(tmp_path: Path) -> None:
     png = tmp_path / "scaling.png"

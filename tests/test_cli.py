@@ -51,7 +51,10 @@ def child_env(api: FakeWorkflowsAPI | None, **extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("CLOUDFLARE_") and k not in ("NO_COLOR", "CFWF_DEBUG")
+        # COLUMNS and LINES would fit the output to the shell (or test runner) that ran
+        # the tests: a test that wants a width says so.
+        if not k.startswith("CLOUDFLARE_")
+        and k not in ("NO_COLOR", "CFWF_DEBUG", "COLUMNS", "LINES")
     }
     if api is not None:
         env["CLOUDFLARE_API_TOKEN"] = api.api_token
