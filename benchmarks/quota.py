@@ -18,8 +18,7 @@ c. coalescing + ``MemoryCache(ttl=1.0)``
 d. 4 processes sharing one ``RedisCache(ttl=1.0)`` (50 handlers each)
 e. 4 processes, each with its own ``MemoryCache(ttl=1.0)`` (50 handlers each)
 
-(b)-(e) need the session's ``coalesce=`` and ``cache=`` arguments; until a session has
-them those rows print "not available" and only (a) runs. Run::
+Run::
 
     python benchmarks/quota.py            # about 2 minutes
     python benchmarks/quota.py --quick    # a tiny configuration in seconds
@@ -157,10 +156,7 @@ async def make_session(
     common: dict[str, Any] = {"api_token": "bench", "account_id": "bench",
                               "base_url": base_url, "rate_limit": None}
     if scenario == "a":
-        try:
-            return WorkflowsSession(**common, coalesce=False), None  # type: ignore[call-arg]
-        except TypeError:
-            return WorkflowsSession(**common), None  # a session without coalescing at all
+        return WorkflowsSession(**common, coalesce=False), None
     # Everything below needs the session's coalesce= and cache= arguments.
     cache: Any = None
     if scenario in ("c", "e"):
@@ -174,7 +170,7 @@ async def make_session(
 
         cache = RedisCache.from_url(redis_url, ttl=TTL, terminal_ttl=60.0)
     try:
-        session = WorkflowsSession(**common, coalesce=True, cache=cache)  # type: ignore[call-arg]
+        session = WorkflowsSession(**common, coalesce=True, cache=cache)
     except TypeError as exc:
         if hasattr(cache, "aclose"):
             await cache.aclose()

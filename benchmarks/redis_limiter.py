@@ -221,7 +221,8 @@ async def measure(
         held = {(t, name): Held(lim) for t in targets for name, lim in limiters.items()}
         sessions = {
             (t, name): WorkflowsSession(api_token="bench", account_id="bench", base_url=url,
-                                        rate_limit=held[t, name], retry_budget=None)
+                                        rate_limit=held[t, name], retry_budget=None,
+                                        coalesce=False)
             for t, (url, _) in targets.items()
             for name in limiters
         }
