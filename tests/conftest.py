@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
@@ -94,3 +94,27 @@ async def _serve_app(app: web.Application) -> AsyncIterator[str]:
 def serve_app() -> Callable[[web.Application], AbstractAsyncContextManager[str]]:
     """For hand-written misbehaving servers: ``async with serve_app(app) as url: ...``."""
     return _serve_app
+
+
+# Redis: each test module that asks gets a redis-server of its own (started once per
+# module), and each test a client of its own. Without the redis extra there is nothing
+# to start, and the modules that need Redis skip themselves.
+try:
+    import redis.asyncio as aioredis
+    from redis_server import RedisServer, running_redis
+except ImportError:  # pragma: no cover - the test extra brings redis
+    pass
+else:
+
+    @pytest.fixture(scope="module")
+    def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+        with running_redis(tmp_path_factory.mktemp("redis")) as server:
+            yield server
+
+    @pytest.fixture
+    async def rclient(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+        client = aioredis.from_url(redis_server.url)
+        try:
+            yield client
+        finally:
+            await client.aclose()
