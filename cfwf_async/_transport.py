@@ -366,6 +366,33 @@ def never_sent(exc: errors.WorkflowsError) -> bool:
     )
 
 
+class ResendGuard:
+    """Keeps aiohttp from resending a write by itself, on a session we own.
+
+    aiohttp resends an idempotent request (PUT, DELETE) once when a reused connection
+    drops before the answer (its private ``ClientSession._retry_connection``). For a
+    write that hides an unknown outcome from the exactly-once rules: a DELETE whose
+    answer was lost comes back as the resend's 404, though the first one was applied.
+    While writes are in flight the session sends nothing twice on its own; reads started
+    meanwhile fall back on the session's own retries, which cover a dropped connection.
+    """
+
+    __slots__ = ("_writes",)
+
+    def __init__(self) -> None:
+        self._writes = 0
+
+    def enter(self, http: aiohttp.ClientSession) -> None:
+        self._writes += 1
+        if self._writes == 1:
+            http._retry_connection = False
+
+    def leave(self, http: aiohttp.ClientSession) -> None:
+        self._writes -= 1
+        if self._writes == 0:
+            http._retry_connection = True
+
+
 class Sender:
     """Sends one request and turns its answer into a result or one of the SDK's errors.
 
@@ -376,14 +403,17 @@ class Sender:
     """
 
     __slots__ = (
-        "_gate", "_headers", "_json_timeout", "_stream_timeout", "_write_headers",
+        "_gate", "_guard", "_headers", "_json_timeout", "_stream_timeout", "_write_headers",
         "max_bytes", "timeout",
     )
 
     def __init__(
-        self, *, headers: Mapping[str, str] | None, timeout: float, max_bytes: int, gate: Gate
+        self, *, headers: Mapping[str, str] | None, timeout: float, max_bytes: int, gate: Gate,
+        own_http: bool = True,
     ) -> None:
         self._headers = headers
+        # A caller's own aiohttp session is left as it is (see ResendGuard).
+        self._guard = ResendGuard() if own_http else None
         # Built once: a request with a body adds its Content-Type without merging dicts.
         self._write_headers = {**(headers or {}), "Content-Type": "application/json"}
         self._gate = gate
@@ -403,6 +433,9 @@ class Sender:
         self, http: aiohttp.ClientSession, request: Request[T], attempt: int
     ) -> T:
         started = time.monotonic()
+        guard = self._guard if request.method != "GET" else None
+        if guard is not None:
+            guard.enter(http)
         try:
             resp = await http.request(
                 request.method,
@@ -416,6 +449,9 @@ class Sender:
         except Exception as exc:
             _log_attempt(request, None, attempt, started, type(exc).__name__)
             raise
+        finally:
+            if guard is not None:
+                guard.leave(http)
         handed_over = False
         try:
             ray = resp.headers.get("cf-ray")

@@ -157,7 +157,7 @@ class WorkflowsSession(WorkflowsMixin, ControlMixin, AsyncResource):
         self._headers: Final = transport.request_headers(headers, f"cfwf_async/{__version__}")
         self._sender: Final = transport.Sender(
             headers=None if self._owns_http else self._headers, timeout=self.timeout,
-            max_bytes=self.max_response_bytes, gate=self._gate,
+            max_bytes=self.max_response_bytes, gate=self._gate, own_http=self._owns_http,
         )
         self._caller = Caller(
             self.base_url, timeout=self.timeout, policy=self._policy, budget=self._budget,

@@ -93,6 +93,19 @@ async def test_event_completes_the_waiting_step(
     assert wait.output == {"ok": True}  # type: ignore[union-attr]
 
 
+async def test_a_delete_whose_answer_was_lost_counts_as_deleted(
+    session: WorkflowsSession, fake_api: FakeWorkflowsAPI
+) -> None:
+    # aiohttp would resend the DELETE by itself and hand back the resend's 404 as if it
+    # were the first answer; the session's own retry must see the lost answer instead.
+    fake_api.add_instance(WF, "gone-1", make_instance("complete"))
+    await session.get_instance(WF, "gone-1")  # a pooled connection for the DELETE to reuse
+    fake_api.inject(Fault.drop_answer())
+    await session.delete_instance(WF, "gone-1")
+    assert [r.method for r in fake_api.requests[1:]] == ["DELETE", "DELETE"]
+    assert _count(fake_api) == 0
+
+
 async def test_delete_and_batches(session: WorkflowsSession, fake_api: FakeWorkflowsAPI) -> None:
     created = await session.create_instances(
         WF, [NewInstance(params={"n": n}) for n in range(250)]

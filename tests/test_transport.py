@@ -148,6 +148,25 @@ async def test_a_too_long_header_is_a_response_error_carrying_the_request_header
     )
 
 
+@pytest.mark.anyio
+async def test_aiohttp_resends_idempotent_requests_unless_retry_connection_is_off() -> None:
+    # ResendGuard switches aiohttp's private resend of PUT/DELETE off while a write is
+    # in flight. If a release renames or drops the flag, writes could be applied twice
+    # unnoticed (a DELETE's resend answering 404): this must fail loudly first.
+    async with aiohttp.ClientSession() as http:
+        assert getattr(http, "_retry_connection", None) is True, (
+            "aiohttp.ClientSession no longer has _retry_connection=True: ResendGuard in "
+            "cfwf_async/_transport.py needs another way to stop resends of writes"
+        )
+        guard = transport.ResendGuard()
+        guard.enter(http)
+        guard.enter(http)
+        guard.leave(http)
+        assert http._retry_connection is False  # a second write still in flight
+        guard.leave(http)
+        assert http._retry_connection is True
+
+
 def test_the_exception_types_translate_maps_keep_their_hierarchy() -> None:
     assert issubclass(aiohttp.ClientPayloadError, aiohttp.ClientError)
     assert issubclass(aiohttp.ClientResponseError, aiohttp.ClientError)

@@ -130,12 +130,6 @@ async def test_reads_and_put_are_retried_through_faults(
     assert len([v async for v in session.list_versions("etl")]) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aiohttp resends a DELETE once by itself when the connection drops, so the "
-    "session's own loop sees the resend's 404 as its first answer; needs the session's "
-    "aiohttp.ClientSession to stop retrying (its _retry_connection)",
-)
 async def test_delete_whose_answer_was_lost_counts_as_deleted(
     fake_api: FakeWorkflowsAPI, session: WorkflowsSession
 ) -> None:
