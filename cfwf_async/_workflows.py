@@ -1,11 +1,12 @@
 """Reading and managing workflows and their versions.
 
 :class:`WorkflowsMixin` holds the workflow and version calls of
-:class:`~cfwf_async.WorkflowsSession`. Every call goes through the session's one request
-loop (limiter, retry policy and budget, error model, debug log): reads and the
-idempotent ``update_workflow`` (a PUT) are retried like reads; ``delete_workflow`` is
-retried too, and a 404 on a retry after an unknown outcome means the workflow was
-deleted, the rule ``delete_instance`` follows.
+:class:`~cfwf_async.WorkflowsSession`. Every call goes through the session's limiter,
+retry policy and budget, error model and debug log: reads through the same loop as
+``get_instance``, writes through the write loop, where the idempotent
+``update_workflow`` (a PUT) is retried like a read and ``delete_workflow`` is retried
+too, a 404 on a retry after an unknown outcome meaning the workflow was deleted (the
+rule ``delete_instance`` follows).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .listing import PageListing, version_key, workflow_key
 from .models import VersionGraph, Workflow, WorkflowVersion
 
 if TYPE_CHECKING:
+    from ._calls import Caller
     from ._control import Recover
 
 __all__ = ["WorkflowsMixin"]
@@ -33,6 +35,8 @@ class WorkflowsMixin:
     """The workflow and version calls of :class:`~cfwf_async.WorkflowsSession`."""
 
     if TYPE_CHECKING:  # what the session provides
+
+        _caller: Caller
 
         def _account(self, account_id: str | None) -> str: ...
         async def _write(
@@ -50,16 +54,17 @@ class WorkflowsMixin:
         ) -> T: ...
 
     async def _get_json(
-        self, path: str, decode: transport.Decode[T], call: str, query: str = ""
+        self, path: str, decode: transport.Decode[T], query: Mapping[str, str] | None = None
     ) -> T:
-        return await self._write("GET", path, None, decode, call=call, query=query)
+        # A read: the session's read loop, retried as its retry policy says.
+        return await self._caller.call(path, query or {}, decode)
 
     def _pages(
         self, path: str, decode: transport.Decode[wire.NumberedPage[T]], call: str,
         key: Callable[[T], str],
     ) -> PageListing[T]:
         async def fetch(query: Mapping[str, str]) -> wire.NumberedPage[T]:
-            return await self._get_json(path, decode, call, proto.query_string(query))
+            return await self._get_json(path, decode, query)
 
         return PageListing(fetch, PER_PAGE, key, call)
 
@@ -84,10 +89,8 @@ class WorkflowsMixin:
         """One workflow, with its instance counts per status (404: NotFoundError)."""
         account = self._account(account_id)
         proto.check_workflow_name(workflow_name)
-        return await self._get_json(
-            wire.workflow_path(account, workflow_name), wire.decode_workflow,
-            f"get_workflow({workflow_name!r})",
-        )
+        path = wire.workflow_path(account, workflow_name)
+        return await self._get_json(path, wire.decode_workflow)
 
     async def update_workflow(
         self,
@@ -155,8 +158,7 @@ class WorkflowsMixin:
         proto.check_workflow_name(workflow_name)
         wire.check_version_id(version_id)
         return await self._get_json(
-            wire.version_path(account, workflow_name, version_id), wire.decode_version,
-            f"get_version({workflow_name!r}, {version_id!r})",
+            wire.version_path(account, workflow_name, version_id), wire.decode_version
         )
 
     async def get_version_graph(
@@ -167,6 +169,4 @@ class WorkflowsMixin:
         proto.check_workflow_name(workflow_name)
         wire.check_version_id(version_id)
         path = wire.version_path(account, workflow_name, version_id) + "/graph"
-        return await self._get_json(
-            path, wire.decode_graph, f"get_version_graph({workflow_name!r}, {version_id!r})"
-        )
+        return await self._get_json(path, wire.decode_graph)
