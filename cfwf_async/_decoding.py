@@ -104,7 +104,6 @@ _NAIVE_RE: Final = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:\.\d+)?")
 _STEP_TIMES: Final = ("start", "end")
 _INSTANCE_TIMES: Final = ("queued", "start", "end")
 _SUMMARY_TIMES: Final = ("created_on", "started_on", "ended_on", "modified_on")
-_INFO_COUNTS: Final = ("count", "per_page", "total_count", "page", "total_pages")
 
 
 def _as_utc(obj: dict[str, Any], keys: tuple[str, ...]) -> None:
@@ -120,7 +119,11 @@ def _as_utc(obj: dict[str, Any], keys: tuple[str, ...]) -> None:
 
 
 def _as_int(obj: object, keys: tuple[str, ...]) -> None:
-    """Counts the API types as ``number`` and sends as ``50.0``: ints, when whole."""
+    """Counts typed as ints that the API sends as ``50.0``: ints, when whole.
+
+    Only for fields the reference does not type as ``number``; those are
+    ``int | float`` in the models and need no repair.
+    """
     if isinstance(obj, dict):
         for key in keys:
             value = obj.get(key)
@@ -129,16 +132,10 @@ def _as_int(obj: object, keys: tuple[str, ...]) -> None:
 
 
 def _json_envelope(body: bytes) -> dict[str, Any]:
-    """The body as plain JSON, with the envelope's own counts and codes repaired."""
+    """The body as plain JSON, checked to be an object, for the repairs to work on."""
     doc = _raw_decoder.decode(body)
     if not isinstance(doc, dict):
         raise msgspec.ValidationError(f"Expected `object`, got `{type(doc).__name__}`")
-    _as_int(doc.get("result_info"), _INFO_COUNTS)
-    for key in ("errors", "messages"):
-        items = doc.get(key)
-        if isinstance(items, list):
-            for item in items:
-                _as_int(item, ("code",))
     return doc
 
 
@@ -171,7 +168,7 @@ def _decode_raw_steps(raws: list[msgspec.Raw]) -> tuple[list[Step], bool]:
     """Typed steps, one decode each; and whether any step needed a second chance.
 
     A step the strict decoder refuses is decoded as plain JSON: kept raw if its type is
-    unknown, else repaired (a naive timestamp, a whole-number float) and converted.
+    unknown, else repaired (a naive timestamp) and converted.
     """
     steps: list[Step] = []
     found = False
@@ -200,9 +197,6 @@ def _repair_step(raw: dict[str, Any]) -> None:
     for attempt in attempts if isinstance(attempts, list) else ():
         if isinstance(attempt, dict):
             _as_utc(attempt, _STEP_TIMES)
-    config = raw.get("config")
-    if isinstance(config, dict):
-        _as_int(config.get("retries"), ("limit",))
 
 
 def _convert_steps(raws: object) -> list[Step]:
@@ -293,7 +287,6 @@ def _instance_lenient(body: bytes) -> Envelope[Instance]:
     if isinstance(result, dict):
         steps = result.pop("steps", None)
         _as_utc(result, _INSTANCE_TIMES)
-        _as_int(result, ("step_count",))
     env = msgspec.convert(doc, Envelope[Instance])
     if steps is not None and env.result is not None:
         instance = msgspec.structs.replace(env.result, steps=_convert_steps(steps))
@@ -370,7 +363,6 @@ def _error_item(raw: object) -> ErrorItem | None:
         return ErrorItem(message=raw)
     if not isinstance(raw, dict):
         return None
-    _as_int(raw, ("code",))
     try:
         return msgspec.convert(raw, ErrorItem)
     except msgspec.ValidationError:

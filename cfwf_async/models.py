@@ -2,8 +2,9 @@
 
 Declarations only: decoding lives in :mod:`cfwf_async._protocol`. Attributes are
 snake_case; the few camelCase wire names (``versionId``, ``scheduledTime``) are renamed.
-Counts and codes the API types as ``number`` stay ints: ``50.0`` on the wire decodes as
-``50`` (a count with a fraction is refused). Every datetime is timezone-aware: a timestamp
+Fields the API reference types as ``number`` (counts, codes, a retry limit) take any
+JSON number and keep its kind: ``50`` decodes as the int ``50``, ``50.0`` and ``2.5`` as
+floats, so they are typed ``int | float``. Every datetime is timezone-aware: a timestamp
 without an offset is UTC (see :mod:`cfwf_async._decoding`).
 Every model ignores fields it does not know, and every status stays a plain ``str`` so
 that values added by a newer API decode without error. Models are frozen and skip the
@@ -99,7 +100,7 @@ class ErrorItem(_Model, frozen=True):
     with ``code == 0`` and that string as ``message``.
     """
 
-    code: int = 0
+    code: int | float = 0
     message: str = ""
     documentation_url: str | None = None
     source: ErrorSource | None = None
@@ -108,12 +109,12 @@ class ErrorItem(_Model, frozen=True):
 class ResultInfo(_Model, frozen=True):
     """Paging information some answers carry; ``cursor`` names the next page."""
 
-    count: int | None = None
-    per_page: int | None = None
-    total_count: int | None = None
+    count: int | float | None = None
+    per_page: int | float | None = None
+    total_count: int | float | None = None
     cursor: str | None = None
-    page: int | None = None
-    total_pages: int | None = None
+    page: int | float | None = None
+    total_pages: int | float | None = None
 
 
 class Envelope(_Model, Generic[T], frozen=True):
@@ -155,7 +156,7 @@ class RetryConfig(_Model, frozen=True):
     """A step's retry policy. ``delay`` is ``"[dynamic]"`` when computed at run time."""
 
     delay: str | int | float | None = None
-    limit: int | None = None
+    limit: int | float | None = None
     backoff: str | None = None
 
 
@@ -287,7 +288,7 @@ class Instance(_Model, frozen=True):
     error: ErrorInfo | None = None
     output: Any = None
     params: Any = None
-    step_count: int | None = None
+    step_count: int | float | None = None
     steps: list[Step] = []
     success: bool | None = None
     trigger: Trigger | None = None
@@ -388,7 +389,7 @@ class BatchItemError(_Model, frozen=True):
 
     id: str | None = None
     index: int | None = None
-    code: int = 0
+    code: int | float = 0
     message: str = ""
 
 

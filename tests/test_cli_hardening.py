@@ -21,6 +21,7 @@ import pytest
 from test_cli import assert_clean_error, cfwf, child_env
 
 from cfwf_async import WorkflowsSession
+from cfwf_async import _protocol as proto
 from cfwf_async.cli._console import Console
 from cfwf_async.cli._demo import demo_instance_states
 from cfwf_async.cli._describe import render_describe
@@ -183,6 +184,26 @@ def test_with_colour_the_only_escape_sequences_are_the_cli_colours() -> None:
         assert_only_cli_colour(text)
         for shown in SHOWN:
             assert shown in text
+
+
+@pytest.mark.parametrize(("limit", "count", "shown"), [
+    (2.5, 4.0, ("retries 2.5,", "1/3.5\n", "steps         4\n")),
+    (3.0, 4, ("retries 3,", "1/4\n", "steps         4\n")),
+])
+def test_describe_shows_numbers_as_sent_and_whole_ones_without_a_fraction(
+    limit: float, count: float, shown: tuple[str, ...]
+) -> None:
+    running = demo_instance_states(datetime.now(UTC))[0]
+    steps = [dict(s) for s in running["steps"]]
+    steps[0]["config"] = {"retries": {"limit": limit, "delay": 1000}, "timeout": 5000}
+    inst = proto.decode_instance(msgspec.json.encode({
+        "success": True, "errors": [], "messages": [],
+        "result": dict(running, steps=steps, step_count=count),
+    }))
+    console = Console(io.StringIO(), io.StringIO(), colour=False, err_colour=False)
+    text = "\n".join(render_describe(console, WORKFLOW, INSTANCE, inst))
+    for part in shown:
+        assert part in text, part
 
 
 class _Terminal(io.StringIO):

@@ -543,36 +543,44 @@ def test_the_type_property_is_the_wire_tag() -> None:
 # Numbers the reference types as `number`
 
 
-def test_whole_floats_where_the_reference_says_number() -> None:
+@pytest.mark.parametrize("number", [3, 3.0, 2.5, 1e3])
+def test_any_json_number_where_the_reference_says_number(number: float) -> None:
     result = make_instance(steps=2)
-    result["step_count"] = 2.0
-    result["steps"][1]["config"]["retries"]["limit"] = 3.0
-    body = envelope(result, result_info={"count": 1.0, "per_page": 50.0, "total_count": 7.0,
-                                         "page": 1.0, "total_pages": 1.0})
-    inst = proto.decode_instance(body)
-    assert inst.step_count == 2
-    assert type(inst.step_count) is int
+    result["step_count"] = number
+    result["steps"][1]["config"]["retries"]["limit"] = number
+    info = {"count": number, "per_page": number, "total_count": number, "page": number,
+            "total_pages": number}
+    inst = proto.decode_instance(envelope(result, result_info=info))
+    # The number as sent, of the kind sent: an int stays an int, a float a float.
+    assert inst.step_count == number
+    assert type(inst.step_count) is type(number)
     step = inst.steps[1]
     assert isinstance(step, StepRun)
     assert step.config is not None
     assert step.config.retries is not None
-    assert step.config.retries.limit == 3
-    assert type(step.config.retries.limit) is int
+    assert step.config.retries.limit == number
+    assert type(step.config.retries.limit) is type(number)
     page = proto.decode_instance_page(
         envelope([{"id": "a", "status": "complete"}],
-                 result_info={"count": 1, "per_page": 50.0, "cursor": "c2"})
+                 result_info={**info, "cursor": "c2"})
     )
     assert page.cursor == "c2"
     assert [s.id for s in page.items] == ["a"]
     out = proto.decode_step_output(
-        envelope({"status": "complete", "output": 1}, result_info={"per_page": 50.0})
+        envelope({"status": "complete", "output": 1}, result_info=info)
     )
     assert out.output == 1
+    exc = proto.status_error(404, method="GET", path="/p", cf_ray=None, body=msgspec.json.encode(
+        {"success": False, "errors": [{"code": number, "message": "gone"}], "messages": []}
+    ))
+    assert isinstance(exc, NotFoundError)
+    assert exc.errors[0].code == number
+    assert exc.errors[0].message == "gone"
 
 
 def test_a_bad_value_inside_a_step_names_the_step() -> None:
     result = make_instance(steps=3)
-    result["steps"][2]["config"]["retries"]["limit"] = 2.5
+    result["steps"][2]["config"]["retries"]["limit"] = "three"
     with pytest.raises(APIResponseValidationError, match=r"\$\.result\.steps\[2\]\.config"
                        r"\.retries\.limit"):
         proto.decode_instance(envelope(result))

@@ -33,6 +33,7 @@ from ._format import (
     Style,
     format_clock,
     format_error,
+    format_number,
     format_time,
     json_text,
     one_line,
@@ -110,7 +111,7 @@ def _summary(console: Console, workflow: str, instance_id: str, inst: Instance,
         if inst.output not in (None, ""):
             field_line("output", one_line(inst.output, truncate, g.ellipsis))
     count = inst.step_count if inst.step_count is not None else len(inst.steps)
-    field_line("steps", str(count))
+    field_line("steps", format_number(count))
     return lines
 
 
@@ -122,7 +123,7 @@ def _step_row(number: int, step: Step, now: datetime, day: datetime | None) -> l
         limit = step.config.retries.limit if step.config and step.config.retries else None
         attempts = str(len(step.attempts))
         if limit is not None:
-            attempts += f"/{limit + 1}"
+            attempts += f"/{format_number(limit + 1)}"
     name = step.name
     if isinstance(step, TerminationStep):
         name = f"(by {step.trigger.source if step.trigger else 'unknown'})"
@@ -207,7 +208,7 @@ def _config_text(step: StepRun) -> str | None:
     parts = []
     r = cfg.retries
     if r is not None:
-        retry = f"retries {r.limit if r.limit is not None else '?'}"
+        retry = f"retries {format_number(r.limit) if r.limit is not None else '?'}"
         if r.delay is not None:
             retry += f", delay {describe_duration(r.delay)}"
         if r.backoff:

@@ -42,6 +42,13 @@ def format_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def format_number(n: float) -> str:
+    """A count as the API meant it: ``3`` for ``3`` and ``3.0``, ``2.5`` as sent."""
+    if isinstance(n, float) and n.is_integer():
+        return str(int(n))
+    return str(n)
+
+
 def format_time(dt: datetime | None, *, millis: bool = True) -> str:
     """A UTC timestamp, ``2026-10-30 08:00:00.120Z`` (or to the second); ``-`` for None."""
     if dt is None:

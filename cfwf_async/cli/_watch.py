@@ -11,12 +11,12 @@ from ..models import Instance
 from ..session import WorkflowsSession
 from ..steplog import format_seconds
 from ._console import EXIT_API, EXIT_OK, Console, is_tty
-from ._format import format_error
+from ._format import format_error, format_number
 
 __all__ = ["cmd_watch"]
 
 
-def _step_count(inst: Instance) -> int:
+def _step_count(inst: Instance) -> int | float:
     return inst.step_count if inst.step_count is not None else len(inst.steps)
 
 
@@ -31,7 +31,7 @@ def _status_line(console: Console, inst: Instance) -> str:
         timing = "not started"
     steps = _step_count(inst)
     return (f"{p(now.strftime('%H:%M:%S'), 'dim')}  {console.status(inst.status, width=10)}"
-            f"  {steps} step{'s' if steps != 1 else ''}  {p(timing, 'dim')}")
+            f"  {format_number(steps)} step{'s' if steps != 1 else ''}  {p(timing, 'dim')}")
 
 
 async def cmd_watch(session: WorkflowsSession, args: argparse.Namespace,
@@ -43,7 +43,7 @@ async def cmd_watch(session: WorkflowsSession, args: argparse.Namespace,
     backoff); ``--timeout`` gives up, exit 1, even in the middle of a poll.
     """
     live = is_tty(console.stdout)
-    shown: tuple[str, int] | None = None
+    shown: tuple[str, int | float] | None = None
     last: Instance | None = None
     with anyio.move_on_after(args.timeout):
         polls = session.watch_instance(args.workflow, args.instance, simple=True,
