@@ -385,8 +385,10 @@ def _variant_bodies(steps: int) -> dict[str, bytes]:
 
 
 def _first_decode(body: bytes) -> Any:
-    """A decode that cannot profit from an earlier one having met an unknown step type."""
+    """A decode that cannot profit from an earlier one having met an unknown step type:
+    what a process pays once, the first time it meets a step type it does not know."""
     _decoding.RECENT.by_step = False
+    _decoding.LEARNT.keys, _decoding.LEARNT.state = {}, None
     return proto.decode_instance(body)
 
 

@@ -5,7 +5,8 @@ have shapes those types cannot express, and each has its own, slower, way throug
 taken only after the strict pass refused the body:
 
 - a step type this version does not know (decoded one step at a time, so the unknown
-  one becomes an :class:`~cfwf_async.models.UnknownStep` and the rest stay typed);
+  one becomes an :class:`~cfwf_async.models.UnknownStep` and the rest stay typed; its
+  tag and keys are then learnt, and later logs decode it in the strict pass);
 - a timestamp without an offset, which is UTC; an empty ``ended_on`` in a listing;
 - half a surrogate pair escaped in a string (``"x\\ud83d"``), which JavaScript writes
   when it cuts a string mid-emoji: replaced by U+FFFD;
@@ -21,8 +22,9 @@ from __future__ import annotations
 
 import math
 import re
+import typing
 from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, Union
 
 import msgspec
 
@@ -172,22 +174,30 @@ def _decode_raw_steps(raws: list[msgspec.Raw]) -> tuple[list[Step], bool]:
     """
     steps: list[Step] = []
     found = False
+    unknown_types: dict[str, dict[str, Any]] = {}
     for index, raw in enumerate(raws):
         try:
             steps.append(_step_decoder.decode(raw))
             continue
         except msgspec.ValidationError:
-            found = True
+            pass
         plain = _raw_decoder.decode(raw)
         unknown = _unknown(plain, index)
         if unknown is not None:
             steps.append(unknown)
+            if unknown.type:
+                unknown_types.setdefault(unknown.type, {}).update(unknown.fields)
+            else:
+                found = True
             continue
+        found = True
         _repair_step(plain)
         try:
             steps.append(msgspec.convert(plain, KnownStep))
         except msgspec.ValidationError as exc:
             raise _in_step(exc, index) from None
+    if unknown_types and not LEARNT.learn(unknown_types):
+        found = True
     return steps, found
 
 
@@ -243,11 +253,10 @@ _INSTANCE_FIELDS: Final = tuple(f for f in Instance.__struct_fields__ if f != "s
 class _Recent:
     """Whether the last instance needed the step-by-step path (``by_step``).
 
-    A program polls the same instances, or instances of one workflow, over and over: once
-    a log held a step the strict decoder refuses (an unknown type, a naive timestamp),
-    starting with the step-by-step path saves a strict pass that would fail part-way.
-    It only ever orders two correct paths, so sharing it between sessions and threads
-    is harmless.
+    A program polls the same instances over and over: once a log held a step the strict
+    decoders refuse for a reason they cannot learn (a naive timestamp, say), starting
+    with the step-by-step path saves a strict pass that would fail part-way. It only
+    ever orders correct paths, so sharing it between sessions and threads is harmless.
     """
 
     __slots__ = ("by_step",)
@@ -259,14 +268,105 @@ class _Recent:
 RECENT: Final = _Recent()
 
 
-def _instance_by_step(body: bytes) -> Envelope[Instance]:
-    """Decode an instance one step at a time, so an unknown type becomes UnknownStep."""
-    env = _head_decoder.decode(body)
+class _LearntStep(msgspec.Struct, frozen=True, gc=False, tag_field="type",
+                  forbid_unknown_fields=True):
+    """Base of the types made at run time for step tags this version does not know.
+
+    Every field is ``Any`` and named after a key seen in a step of that tag, so the
+    strict pass reads such a step as plain JSON, as the step-by-step path would. A key
+    not seen before is refused (``forbid_unknown_fields``), which sends that body down
+    the step-by-step path, where the key is learnt too.
+    """
+
+    def unknown(self) -> UnknownStep:
+        tag = str(self.__struct_config__.tag)
+        fields: dict[str, Any] = {"type": tag}
+        for name, key in zip(self.__struct_fields__, self.__struct_encode_fields__,
+                             strict=True):
+            value = getattr(self, name)
+            if value is not msgspec.UNSET:
+                fields[key] = value
+        return UnknownStep(type=tag, fields=fields)
+
+
+# A server choosing the tags and keys must not make us build types without end: past
+# these bounds an unknown step stays on the step-by-step path.
+MAX_LEARNT_TYPES: Final = 16
+MAX_LEARNT_KEYS: Final = 64
+
+
+def _learnt_type(tag: str, keys: tuple[str, ...]) -> type[_LearntStep]:
+    names = [f"f{i}" for i in range(len(keys))]
+    return msgspec.defstruct(  # type: ignore[return-value]
+        "_Learnt", [(name, Any, msgspec.UNSET) for name in names], bases=(_LearntStep,),
+        tag=tag, rename=dict(zip(names, keys, strict=True)),
+    )
+
+
+class _Learnt:
+    """Step types met on the wire that this version does not know, read in one pass.
+
+    A newer Workflows runtime puts its new step type in every log it writes, so a
+    program that met one will meet it again: once learnt, the strict pass decodes it
+    (to a placeholder, then an :class:`~cfwf_async.models.UnknownStep`) instead of
+    failing part-way and decoding the log again one step at a time. The state is
+    replaced whole, never changed in place, so readers in other threads see one
+    consistent decoder; like :data:`RECENT` it only chooses between correct paths.
+    """
+
+    __slots__ = ("keys", "state")
+
+    def __init__(self) -> None:
+        self.keys: dict[str, tuple[str, ...]] = {}
+        # The decoder and the placeholder types it makes: one tuple, read once per decode.
+        self.state: tuple[msgspec.json.Decoder[Any], frozenset[type]] | None = None
+
+    def learn(self, seen: dict[str, dict[str, Any]]) -> bool:
+        """Learn the tags and keys of the unknown ``seen`` steps; False if past a bound."""
+        keys = dict(self.keys)
+        within = True
+        for tag, fields in seen.items():
+            old = keys.get(tag, ())
+            new = tuple(dict.fromkeys(old + tuple(k for k in fields if k != "type")))
+            if (tag not in keys and len(keys) >= MAX_LEARNT_TYPES) or (
+                len(new) > MAX_LEARNT_KEYS
+            ):
+                within = False
+            elif new != old or tag not in keys:
+                keys[tag] = new
+        if keys != self.keys:
+            self._build(keys)
+        return within
+
+    def _build(self, keys: dict[str, tuple[str, ...]]) -> None:
+        types = [_learnt_type(tag, k) for tag, k in keys.items()]
+        steps: Any = Union[(*typing.get_args(KnownStep), *types)]
+        head = msgspec.defstruct(
+            "_LearntInstance", [("steps", list[steps], msgspec.field(default_factory=list))],
+            bases=(Instance,),
+        )
+        decoder = msgspec.json.Decoder(Envelope[head])  # type: ignore[valid-type]
+        self.keys, self.state = keys, (decoder, frozenset(types))
+
+
+def _instance_learnt(
+    state: tuple[msgspec.json.Decoder[Any], frozenset[type]], body: bytes
+) -> Envelope[Instance]:
+    """The strict pass with the learnt step types; their placeholders become UnknownStep."""
+    decoder, types = state
+    env = decoder.decode(body)
     head = env.result
-    steps: list[Step] = []
-    RECENT.by_step = False
-    if head is not None:
-        steps, RECENT.by_step = _decode_raw_steps(head.steps)
+    if head is None:
+        return _as_instance(env, None, [])
+    steps = [s.unknown() if type(s) in types else s for s in head.steps]
+    return _as_instance(env, head, steps)
+
+
+LEARNT: Final = _Learnt()
+
+
+def _as_instance(env: Envelope[Any], head: Any, steps: list[Step]) -> Envelope[Instance]:
+    """``env`` around a plain :class:`Instance` of ``head``'s fields and ``steps``."""
     instance = None if head is None else Instance(
         **{name: getattr(head, name) for name in _INSTANCE_FIELDS}, steps=steps
     )
@@ -277,6 +377,17 @@ def _instance_by_step(body: bytes) -> Envelope[Instance]:
         result=instance,
         result_info=env.result_info,
     )
+
+
+def _instance_by_step(body: bytes) -> Envelope[Instance]:
+    """Decode an instance one step at a time, so an unknown type becomes UnknownStep."""
+    env = _head_decoder.decode(body)
+    head = env.result
+    RECENT.by_step = False
+    steps: list[Step] = []
+    if head is not None:
+        steps, RECENT.by_step = _decode_raw_steps(head.steps)
+    return _as_instance(env, head, steps)
 
 
 def _instance_lenient(body: bytes) -> Envelope[Instance]:
@@ -297,14 +408,17 @@ def _instance_lenient(body: bytes) -> Envelope[Instance]:
 def instance_envelope(body: bytes) -> Envelope[Instance]:
     """A ``get_instance`` body.
 
-    The strict decoder first (or the step-by-step one, when the last instance needed
-    it); the step-by-step one when the strict one failed inside a step; the lenient one
-    when the others failed (a naive timestamp outside the steps), whose error is the
-    one raised.
+    The strict decoder first (with the step types learnt so far; or the step-by-step
+    one, when the last instance needed it); the step-by-step one when the strict one
+    failed inside a step; the lenient one when the others failed (a naive timestamp
+    outside the steps), whose error is the one raised.
     """
     try:
         if RECENT.by_step:
             return _instance_by_step(body)
+        learnt = LEARNT.state
+        if learnt is not None:
+            return _instance_learnt(learnt, body)
         return _instance_decoder.decode(body)
     except msgspec.ValidationError as exc:
         if not RECENT.by_step and "`$.result.steps[" in str(exc):

@@ -326,6 +326,8 @@ def test_unknown_fields_are_ignored_everywhere() -> None:
 def fresh_decoders(monkeypatch: pytest.MonkeyPatch) -> None:
     """Start from the strict decoder, whatever an earlier test decoded."""
     monkeypatch.setattr(_decoding.RECENT, "by_step", False)
+    monkeypatch.setattr(_decoding.LEARNT, "keys", {})
+    monkeypatch.setattr(_decoding.LEARNT, "state", None)
 
 
 @pytest.mark.usefixtures("fresh_decoders")
@@ -425,9 +427,75 @@ def test_all_known_types_never_take_the_fallback(monkeypatch: pytest.MonkeyPatch
     proto.decode_instance(sample("instance-errored.json"))
     proto.decode_instance(sample("instance-running-simple.json"))
     assert calls == []
-    # The spy is live: an unknown type does go through it (once).
-    proto.decode_instance(envelope({"status": "running", "steps": [{"type": "new"}]}))
+    # The spy is live: an unknown type does go through it, once; then it is learnt.
+    unknown = envelope({"status": "running", "steps": [{"type": "new"}]})
+    proto.decode_instance(unknown)
+    proto.decode_instance(unknown)
     assert len(calls) == 1
+
+
+def _logs_by_step(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The bodies that go down the step-by-step path from now on."""
+    calls: list[bytes] = []
+    real = _decoding._instance_by_step
+
+    def spy(body: bytes) -> Any:
+        calls.append(body)
+        return real(body)
+
+    monkeypatch.setattr(_decoding, "_instance_by_step", spy)
+    return calls
+
+
+@pytest.mark.usefixtures("fresh_decoders")
+def test_a_learnt_step_type_decodes_in_one_pass_in_any_log(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    by_step = _logs_by_step(monkeypatch)
+    first = make_instance(steps=3)
+    first["steps"][1] = {"type": "sendEmail", "name": "a", "to": ["x@y.z"], "cc": None}
+    proto.decode_instance(envelope(first))
+    assert len(by_step) == 1
+    # Another instance, the step elsewhere, a key absent and one null: still one pass,
+    # and the fields are exactly what was sent.
+    other = make_instance("running", steps=4)
+    other["steps"][3] = {"type": "sendEmail", "name": "b", "cc": None}
+    inst = proto.decode_instance(envelope(other))
+    assert len(by_step) == 1
+    assert inst.steps[3] == UnknownStep(
+        type="sendEmail", fields={"type": "sendEmail", "name": "b", "cc": None}
+    )
+    assert [type(s) for s in inst.steps[:3]] == [StepRun, StepRun, StepRun]
+    assert type(inst) is Instance
+
+
+@pytest.mark.usefixtures("fresh_decoders")
+def test_a_new_key_on_a_learnt_type_is_kept_and_learnt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    by_step = _logs_by_step(monkeypatch)
+    proto.decode_instance(envelope({"status": "running", "steps": [{"type": "t", "a": 1}]}))
+    weird = {"type": "t", "a": 2, "b-c": [1], "": "empty key", "f0": "clash"}
+    body = envelope({"status": "running", "steps": [weird]})
+    assert proto.decode_instance(body).steps[0] == UnknownStep(type="t", fields=weird)
+    assert len(by_step) == 2
+    assert proto.decode_instance(body).steps[0] == UnknownStep(type="t", fields=weird)
+    assert len(by_step) == 2
+
+
+@pytest.mark.usefixtures("fresh_decoders")
+def test_learning_is_bounded_by_types_and_keys() -> None:
+    many = [{"type": f"t{i}", "name": str(i)} for i in range(_decoding.MAX_LEARNT_TYPES + 4)]
+    wide = {"type": "wide", **{f"k{i}": i for i in range(_decoding.MAX_LEARNT_KEYS + 1)}}
+    body = envelope({"status": "running", "steps": [*many, wide]})
+    first = proto.decode_instance(body)
+    assert len(_decoding.LEARNT.keys) == _decoding.MAX_LEARNT_TYPES
+    assert "wide" not in _decoding.LEARNT.keys
+    # What was not learnt keeps the step-by-step path, with the same answer.
+    assert _decoding.RECENT.by_step
+    assert proto.decode_instance(body) == first
+    assert first.steps[-1] == UnknownStep(type="wide", fields=wide)
+    assert [s.name for s in first.steps[:-1]] == [str(i) for i in range(len(many))]
 
 
 def test_decoded_models_are_frozen() -> None:
@@ -514,8 +582,9 @@ def _log_with(unknown_at: int, steps: int = 20) -> bytes:
 def test_unknown_step_anywhere_keeps_every_other_step_typed(unknown_at: int) -> None:
     body = _log_with(unknown_at)
     first = proto.decode_instance(body)
-    # The next decode starts on the step-by-step path: the same answer either way.
-    assert _decoding.RECENT.by_step
+    # The type is learnt: the next decode is one strict pass, with the same answer.
+    assert not _decoding.RECENT.by_step
+    assert _decoding.LEARNT.keys == {"sendEmail": ("name", "to")}
     assert proto.decode_instance(body) == first
     for i, step in enumerate(first.steps):
         if i == unknown_at:
