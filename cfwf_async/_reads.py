@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
-from typing import Final, TypeVar, cast
+from typing import Final, Protocol, TypeVar, cast, runtime_checkable
 
 import anyio
 
@@ -43,6 +43,14 @@ T = TypeVar("T")
 _POLL_BACKOFF: Final = 1.25
 #: The target a shared wait_for_instance poll loop runs under, in its instance's scope.
 WAIT_TARGET: Final = "#wait"
+
+
+@runtime_checkable
+class _SharesMisses(Protocol):
+    """A cache that lets other processes wait for a miss's request (``RedisCache``):
+    told when that request brings nothing to keep, so they need not wait it out."""
+
+    async def release(self, key: CacheKey, miss: Miss) -> None: ...
 
 
 class _WaitState:
@@ -75,6 +83,7 @@ class Reads:
             Coalescer() if coalesce and cache is not None else None
         )
         self._invalidating: dict[str, asyncio.Task[None]] = {}
+        self._releasing: set[asyncio.Task[None]] = set()
         self._waits: dict[CacheKey, _WaitState] = {}
 
     def key(self, scope_path: str, path: str, query: Mapping[str, str]) -> CacheKey:
@@ -114,11 +123,17 @@ class Reads:
             nonlocal sent
             sent = True
             began = time.monotonic()
-            result = await send()
-            if isinstance(result, StepStream):
-                return Unshared(result, result.aclose)
+            try:
+                result = await send()
+            except BaseException:
+                self._release(key, miss)
+                raise
             if miss is not None and cache is not None and isinstance(result, kind or ()):
                 await cache.put(key, result, miss, age=time.monotonic() - began)
+            else:
+                self._release(key, miss)
+            if isinstance(result, StepStream):
+                return Unshared(result, result.aclose)
             return result
 
         if self.flights is None or max_age == 0:
@@ -192,10 +207,10 @@ class Reads:
             task.add_done_callback(lambda t: self._settle(scope, t))
 
     async def aclose(self) -> None:
-        """Let pending invalidations finish (a shared cache must see them)."""
+        """Let pending invalidations and releases finish (a shared cache must see them)."""
         with anyio.CancelScope(shield=True):
-            while self._invalidating:
-                await asyncio.wait(list(self._invalidating.values()))
+            while self._invalidating or self._releasing:
+                await asyncio.wait([*self._invalidating.values(), *self._releasing])
 
     # -- machinery ---------------------------------------------------------------
 
@@ -215,6 +230,23 @@ class Reads:
             logger.warning(
                 "the cache failed to drop an instance's entries: %s", type(exc).__name__
             )
+
+    def _release(self, key: CacheKey, miss: Miss | None) -> None:
+        """Tell a cache that shares misses that ``miss``'s request brought nothing to
+        keep. In a task of its own: it also runs when the request was cancelled."""
+        cache = self.cache
+        if miss is None or not isinstance(cache, _SharesMisses):
+            return
+        task = asyncio.get_running_loop().create_task(self._released(cache, key, miss))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    @staticmethod
+    async def _released(cache: _SharesMisses, key: CacheKey, miss: Miss) -> None:
+        try:
+            await cache.release(key, miss)
+        except Exception as exc:  # a cache must not raise; never let it fail a read
+            logger.warning("the cache failed to give back a miss: %s", type(exc).__name__)
 
     def _settle(self, scope: str, task: asyncio.Task[None]) -> None:
         if self._invalidating.get(scope) is task:

@@ -27,6 +27,16 @@ one are no longer served, and an answer whose lookup saw the old one is not stor
 (both checked atomically in Lua). The braces keep an instance's keys in one Redis
 Cluster slot.
 
+Misses are shared too. A process that finds no usable answer takes a short lease on it
+(``<entry>:fill``, ``SET NX``) and sends the request; a process that finds the lease
+taken waits, up to ``fill_wait`` seconds, for the answer to be stored (a message on
+``<prefix>filled`` says so), then reads it under its own ``max_age``. Without this,
+every process whose lookup came in while the first request was on its way would send
+its own. A lease is given back when its request fails or its answer is not kept, and
+expires by itself after ``fill_wait`` seconds. A read waits for one fetch at most: when
+that one ends without an answer to read, or ``fill_wait`` has passed, it sends its own
+request.
+
 When Redis cannot be reached the cache steps aside: reads go to the API, a warning is
 logged once, and Redis is tried again after ``retry_interval`` seconds. Writes made
 meanwhile are replayed to Redis when it answers again; until then, that instance is
@@ -35,12 +45,16 @@ never served from the cache.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any, Final, cast
+from typing import Any, Final, NamedTuple, cast
+
+import anyio
 
 try:
     import redis.asyncio as aioredis
@@ -69,29 +83,58 @@ __all__ = ["RedisCache"]
 
 logger = logging.getLogger("cfwf_async.redis")
 
-# KEYS[1] generation, KEYS[2] entry -> {generation or '', entry or '', entry's PTTL}.
+# KEYS: generation, entry, fill lease. ARGV: the oldest answer (ms) usable of a live
+# instance, of a terminal instance or step output; a lease token ('' to take none);
+# lease PX. -> {generation or '', entry or '', entry's PTTL, state[, lease PTTL]}, state
+# 0: nobody is fetching, 1: the lease is ours now, 2: another holds it. An entry that
+# is there but too old for this reader is a miss here, so the lease can be taken in the
+# same round trip.
 _GET: Final = """
 local gen = redis.call('GET', KEYS[1]) or ''
 local value = redis.call('GET', KEYS[2])
-if not value then return {gen, '', -2} end
-return {gen, value, redis.call('PTTL', KEYS[2])}
+if value and gen ~= '' and string.sub(value, 1, 16) == gen then
+  local pttl = redis.call('PTTL', KEYS[2])
+  local colon = string.find(value, ':', 19, true)
+  local life = colon and tonumber(string.sub(value, 19, colon - 1))
+  local limit = tonumber(string.sub(value, 18, 18) == 'I' and ARGV[1] or ARGV[2])
+  if life and pttl >= 0 and life - pttl < limit then return {gen, value, pttl, 0} end
+end
+if ARGV[3] ~= '' and redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4]) then
+  return {gen, '', -2, 1}
+end
+local left = redis.call('PTTL', KEYS[3])
+if left > 0 then return {gen, '', -2, 2, left} end
+return {gen, '', -2, 0}
 """
 
-# KEYS[1] generation, KEYS[2] entry; ARGV: generation seen at lookup ('' for none), a
-# fresh generation, payload, entry PX, generation PX. Stores only if the generation is
-# still the one seen; keeps the generation key alive at least as long as the entry.
+# KEYS: generation, entry, fill lease. ARGV: generation seen at lookup ('' for none), a
+# fresh generation, payload, entry PX, generation PX, channel, lease token ('' none).
+# Stores only if the generation is still the one seen; keeps the generation key alive
+# at least as long as the entry; gives back our lease and tells waiting readers.
 _PUT: Final = """
+local stored = 1
 local gen = redis.call('GET', KEYS[1])
 if not gen then
-  if ARGV[1] ~= '' then return 0 end
-  gen = ARGV[2]
-  redis.call('SET', KEYS[1], gen, 'PX', ARGV[5])
+  if ARGV[1] ~= '' then stored = 0 else
+    gen = ARGV[2]
+    redis.call('SET', KEYS[1], gen, 'PX', ARGV[5])
+  end
 elseif gen ~= ARGV[1] then
-  return 0
+  stored = 0
 elseif redis.call('PTTL', KEYS[1]) < tonumber(ARGV[5]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
 end
-redis.call('SET', KEYS[2], gen .. ARGV[3], 'PX', ARGV[4])
+if stored == 1 then redis.call('SET', KEYS[2], gen .. ARGV[3], 'PX', ARGV[4]) end
+if ARGV[7] ~= '' and redis.call('GET', KEYS[3]) == ARGV[7] then redis.call('DEL', KEYS[3]) end
+if stored == 1 or ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[6], KEYS[2]) end
+return stored
+"""
+
+# KEYS: entry, fill lease. ARGV: channel, lease token. Gives the lease back (a request
+# that failed, an answer not kept) so that readers waiting for it go ahead at once.
+_RELEASE: Final = """
+if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
+redis.call('PUBLISH', ARGV[1], KEYS[1])
 return 1
 """
 
@@ -105,6 +148,8 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', px)
 return 1
 """
 
+# The scripts above read an entry as generation (16 bytes), format, kind, lifetime in
+# ms, ':' and the body: they hard-code these offsets.
 _GEN_LEN: Final = 16
 _FORMAT: Final = b"1"
 _KINDS: Final[dict[bytes, type[CacheValue]]] = {
@@ -116,6 +161,94 @@ _MAX_LOOKUP_AGE: Final = 600.0
 _GEN_MIN_LIFE: Final = 900.0
 #: Writes remembered while Redis is away, to replay when it answers again.
 _PENDING_MAX: Final = 10_000
+#: The longest ``fill_wait``: a read never waits longer than this for another process.
+_MAX_FILL_WAIT: Final = 60.0
+
+
+class _Fills:
+    """Wake-ups for readers waiting on another process's request (one subscription).
+
+    The subscription starts with the first wait. A message published before it is in
+    place is lost, so when it is (``ready``) every waiter looks again; should it fail
+    (Redis went away), the waiters look again at once too, and the next wait starts it
+    again.
+    """
+
+    def __init__(self, client: aioredis.Redis, channel: str) -> None:
+        self._client = client
+        self._channel: Final = channel
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()  # set once subscribed (a new one per subscription)
+
+    def watch(self, entry_key: str) -> asyncio.Event:
+        """An event set when ``entry_key`` is stored or given up; :meth:`unwatch` it."""
+        event = asyncio.Event()
+        self._waiters.setdefault(entry_key, set()).add(event)
+        return event
+
+    def unwatch(self, entry_key: str, event: asyncio.Event) -> None:
+        waiting = self._waiters.get(entry_key)
+        if waiting is not None:
+            waiting.discard(event)
+            if not waiting:
+                del self._waiters[entry_key]
+
+    def listen(self) -> None:
+        """Subscribe, unless a subscription of this event loop is already running."""
+        task = self._task
+        loop = asyncio.get_running_loop()
+        if task is None or task.done() or task.get_loop() is not loop:
+            if self.ready.is_set():
+                self.ready = asyncio.Event()
+            self._task = loop.create_task(self._listen(self.ready))
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
+            task.cancel()
+            await asyncio.wait([task])
+
+    async def _listen(self, ready: asyncio.Event) -> None:
+        pubsub = self._client.pubsub()
+        try:
+            await pubsub.subscribe(self._channel)
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is None:
+                    continue
+                if message.get("type") == "subscribe":
+                    ready.set()
+                    self._wake_all()
+                    continue
+                for event in self._waiters.get(as_text(message.get("data")) or "", ()):
+                    event.set()
+        except (RedisError, OSError) as exc:
+            logger.debug("the shared cache's subscription ended: %s", type(exc).__name__)
+            # Nobody will be told of a store now: let the waiters look again at once.
+            self._wake_all()
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+    def _wake_all(self) -> None:
+        for events in self._waiters.values():
+            for event in events:
+                event.set()
+
+
+class _Lookup(NamedTuple):
+    """What the lookup script answered."""
+
+    gen: bytes
+    value: bytes
+    pttl: int
+    state: int
+    lease_left: float
+
+
+_NO_LEASE, _OUR_LEASE, _THEIR_LEASE = 0, 1, 2
 
 
 class RedisCache(AsyncResource):
@@ -124,8 +257,9 @@ class RedisCache(AsyncResource):
     ``client`` is a caller's :class:`redis.asyncio.Redis`: used, never closed by us;
     :meth:`from_url` builds and owns one instead (closed by :meth:`aclose` or
     ``async with``). ``ttl`` and ``terminal_ttl`` are as for
-    :class:`~cfwf_async.MemoryCache`; ``prefix`` starts every key. ``clock`` is for
-    tests.
+    :class:`~cfwf_async.MemoryCache`; ``prefix`` starts every key. ``fill_wait`` is
+    how long a read waits for another process already fetching the same answer before
+    it sends its own request (0: never waits). ``clock`` is for tests.
     """
 
     def __init__(
@@ -136,6 +270,7 @@ class RedisCache(AsyncResource):
         terminal_ttl: float = 60.0,
         prefix: str = "cfwf_async:cache:",
         retry_interval: float = 5.0,
+        fill_wait: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(client, aioredis.Redis):
@@ -143,12 +278,17 @@ class RedisCache(AsyncResource):
         self.ttl, self.terminal_ttl = check_lifetimes(ttl, terminal_ttl)
         self.prefix: Final = proto.check_str("prefix", prefix, max_len=200)
         self.retry_interval: Final = proto.check_timeout("retry_interval", retry_interval)
+        self.fill_wait: Final = proto.check_number("fill_wait", fill_wait,
+                                                   maximum=_MAX_FILL_WAIT)
         self._clock: Final = clock
         self._client = client
         self._owns_client = False
         self._get = client.register_script(_GET)
         self._put = client.register_script(_PUT)
+        self._release = client.register_script(_RELEASE)
         self._invalidate = client.register_script(_INVALIDATE)
+        self._channel: Final = self.prefix + "filled"
+        self._fills: Final = _Fills(client, self._channel)
         self._down_until: float | None = None  # set while Redis is skipped
         self._pending: dict[str, None] = {}  # scopes written while Redis was away
 
@@ -161,6 +301,7 @@ class RedisCache(AsyncResource):
         terminal_ttl: float = 60.0,
         prefix: str = "cfwf_async:cache:",
         retry_interval: float = 5.0,
+        fill_wait: float = 5.0,
         **redis_options: Any,
     ) -> RedisCache:
         """Connect to the Redis at ``url`` (``redis://``, ``rediss://`` or ``unix://``).
@@ -171,18 +312,19 @@ class RedisCache(AsyncResource):
         """
         client = client_from_url(url, redis_options)
         self = cls(client, ttl=ttl, terminal_ttl=terminal_ttl, prefix=prefix,
-                   retry_interval=retry_interval)
+                   retry_interval=retry_interval, fill_wait=fill_wait)
         self._owns_client = True
         return self
 
     def __repr__(self) -> str:
         return (
             f"RedisCache(ttl={self.ttl:g}, terminal_ttl={self.terminal_ttl:g}, "
-            f"prefix={self.prefix!r}, redis={self._where()!r})"
+            f"fill_wait={self.fill_wait:g}, prefix={self.prefix!r}, redis={self._where()!r})"
         )
 
     async def aclose(self) -> None:
         """Close the Redis client if :meth:`from_url` made it (a caller's stays open)."""
+        await self._fills.aclose()
         if self._owns_client:
             self._owns_client = False
             await self._client.aclose()
@@ -190,23 +332,70 @@ class RedisCache(AsyncResource):
     # -- the Cache protocol ----------------------------------------------------------
 
     async def get(self, key: CacheKey, *, max_age: float | None = None) -> CacheValue | Miss:
-        """The shared answer for ``key`` if young enough; else a miss (Redis down too)."""
+        """The shared answer for ``key`` if young enough; else a miss (Redis down too).
+
+        When another process is fetching the answer, wait for it (see the module). A
+        miss may hold the lease on fetching it: hand it to :meth:`put`, or to
+        :meth:`release` when there is nothing to store (a session does both).
+        """
         max_age = check_max_age(max_age)
         if not await self._usable() or key.scope in self._pending:
             return Miss(None)
-        gen_key, entry_key = self._keys(key)
+        keys = self._keys(key)
+        share = self.fill_wait > 0 and max_age != 0
+        lease = secrets.token_hex(8) if share else ""
+        event = self._fills.watch(keys[1]) if share else None
         try:
-            gen, value, pttl = await self._get(keys=[gen_key, entry_key])
+            found = await self._look_up(keys, max_age, lease)
+            if found is not None and found.state == _THEIR_LEASE and event is not None:
+                found = await self._wait_for_fill(keys, max_age, event, found.lease_left)
+        finally:
+            if event is not None:
+                self._fills.unwatch(keys[1], event)
+        if found is None:
+            return Miss(None)
+        miss = Miss((found.gen, self._clock(), lease if found.state == _OUR_LEASE else ""))
+        if not found.value:
+            return miss
+        return self._hit(found.value[_GEN_LEN:], found.pttl, max_age) or miss
+
+    async def _wait_for_fill(
+        self, keys: tuple[str, str, str], max_age: float | None, event: asyncio.Event,
+        left: float,
+    ) -> _Lookup | None:
+        """Look again at each wake-up until the answer is there, nobody is fetching it
+        any more, or ``fill_wait`` has passed; never taking the lease (a read waits for
+        one fetch at most, then sends its own request)."""
+        # ``event`` was watched before the first lookup: a store in between is not missed.
+        self._fills.listen()
+        deadline = anyio.current_time() + self.fill_wait
+        while True:
+            with anyio.move_on_after(min(left, deadline - anyio.current_time())):
+                await event.wait()
+            event.clear()
+            found = await self._look_up(keys, max_age, "")
+            if found is None or found.state != _THEIR_LEASE or anyio.current_time() >= deadline:
+                return found
+            left = found.lease_left
+
+    async def _look_up(
+        self, keys: tuple[str, str, str], max_age: float | None, lease: str
+    ) -> _Lookup | None:
+        """One run of the lookup script; None if Redis failed."""
+        live = self.ttl if max_age is None else min(self.ttl, max_age)
+        done = self.terminal_ttl if max_age is None else min(self.terminal_ttl, max_age)
+        lease_ms = max(1, round(self.fill_wait * 1000))
+        try:
+            reply = await self._get(keys=list(keys), args=[
+                round(live * 1000), round(done * 1000), lease, lease_ms,
+            ])
         except (RedisError, OSError) as exc:
             self._failed(exc)
-            return Miss(None)
+            return None
         self._recovered()
-        gen = _as_bytes(gen)
-        miss = Miss((gen, self._clock()))
-        value = _as_bytes(value)
-        if not value or value[:_GEN_LEN] != gen:
-            return miss
-        return self._hit(value[_GEN_LEN:], int(pttl), max_age) or miss
+        left = int(reply[4]) / 1000 if len(reply) > 4 else 0.0
+        return _Lookup(_as_bytes(reply[0]), _as_bytes(reply[1]), int(reply[2]),
+                       int(reply[3]), max(left, 0.0))
 
     async def put(
         self, key: CacheKey, value: CacheValue, miss: Miss, *, age: float = 0.0
@@ -215,24 +404,28 @@ class RedisCache(AsyncResource):
         age = proto.check_number("age", age)
         token = miss.token
         if not isinstance(token, tuple) or self._clock() - token[1] > _MAX_LOOKUP_AGE:
+            await self.release(key, miss)
             return
-        life = lifetime(value, self.ttl, self.terminal_ttl)
-        if life is None or age >= life:
+        payload, px = self._payload(value, age)
+        if payload is None or not await self._usable():
+            await self.release(key, miss)
             return
-        body = encode_answer(value)
-        if body is None or not await self._usable():
-            return
-        kind = b"I" if isinstance(value, Instance) else b"S"
-        if kind == b"I" and cast(Instance, value).status in TERMINAL_STATUSES:
-            kind = b"T"
-        life_ms = max(1, round(life * 1000))
-        px = life_ms - round(age * 1000)
-        if px <= 0:
-            return
-        payload = _FORMAT + kind + b"%d:" % life_ms + body
-        args = [token[0], secrets.token_hex(_GEN_LEN // 2), payload, px, px + 1000]
+        args = [token[0], secrets.token_hex(_GEN_LEN // 2), payload, px, px + 1000,
+                self._channel, token[2]]
         try:
             await self._put(keys=list(self._keys(key)), args=args)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+
+    async def release(self, key: CacheKey, miss: Miss) -> None:
+        """Give back the lease ``miss`` holds, if any: its request failed, or its answer
+        is not kept, so the readers waiting for it go ahead now."""
+        token = miss.token
+        if not isinstance(token, tuple) or not token[2]:
+            return
+        _, entry_key, lease_key = self._keys(key)
+        try:
+            await self._release(keys=[entry_key, lease_key], args=[self._channel, token[2]])
         except (RedisError, OSError) as exc:
             self._failed(exc)
 
@@ -244,11 +437,27 @@ class RedisCache(AsyncResource):
 
     # -- machinery -------------------------------------------------------------------
 
-    def _keys(self, key: CacheKey) -> tuple[str, str]:
+    def _keys(self, key: CacheKey) -> tuple[str, str, str]:
+        """The generation, entry and fill-lease keys of ``key``."""
         tag = hashlib.blake2b(key.scope.encode(), digest_size=16).hexdigest()
         target = hashlib.blake2b(key.target.encode(), digest_size=16).hexdigest()
         base = f"{self.prefix}{{{tag}}}:"
-        return base + "gen", base + target
+        return base + "gen", base + target, base + target + ":fill"
+
+    def _payload(self, value: CacheValue, age: float) -> tuple[bytes | None, int]:
+        """The stored form of ``value`` and its PX, or None if it is not to be kept."""
+        life = lifetime(value, self.ttl, self.terminal_ttl)
+        if life is None or age >= life:
+            return None, 0
+        body = encode_answer(value)
+        life_ms = max(1, round(life * 1000))
+        px = life_ms - round(age * 1000)
+        if body is None or px <= 0:
+            return None, 0
+        kind = b"I" if isinstance(value, Instance) else b"S"
+        if kind == b"I" and cast(Instance, value).status in TERMINAL_STATUSES:
+            kind = b"T"
+        return _FORMAT + kind + b"%d:" % life_ms + body, px
 
     def _hit(self, stored: bytes, pttl: int, max_age: float | None) -> CacheValue | None:
         """Decode an entry of the current generation if it is young enough for us."""

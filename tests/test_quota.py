@@ -83,23 +83,30 @@ class Held:
 
 
 @asynccontextmanager
-async def serving(held: Held, **session: Any) -> AsyncIterator[WorkflowsSession]:
+async def held_url(held: Held) -> AsyncIterator[str]:
+    """The base URL of ``held``'s server, running until the block ends."""
     # handler_cancellation: a client that goes away cancels its handler, so the test
     # sees a released connection from the server's side.
     runner = web.AppRunner(held.app(), handle_signals=False, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}{API_PREFIX}"
-    session.setdefault("rate_limit", None)
     try:
-        async with WorkflowsSession(
-            api_token=held.api.api_token, account_id=held.api.account_id, base_url=url,
-            **session,
-        ) as s:
-            yield s
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}{API_PREFIX}"
     finally:
         await runner.cleanup()
+
+
+def held_session(held: Held, url: str, **session: Any) -> WorkflowsSession:
+    session.setdefault("rate_limit", None)
+    return WorkflowsSession(api_token=held.api.api_token, account_id=held.api.account_id,
+                            base_url=url, **session)
+
+
+@asynccontextmanager
+async def serving(held: Held, **session: Any) -> AsyncIterator[WorkflowsSession]:
+    async with held_url(held) as url, held_session(held, url, **session) as s:
+        yield s
 
 
 async def _settle() -> None:
@@ -511,6 +518,77 @@ async def test_sessions_sharing_a_redis_cache_share_answers(
         await one.aclose()  # lets the invalidation reach Redis
         await two.get_instance(WF, ID)
         assert len(fake_api.requests) == 2, "one session's write dropped the shared entry"
+
+
+@asynccontextmanager
+async def two_processes(
+    held: Held, redis_server: RedisServer, prefix: str
+) -> AsyncIterator[tuple[WorkflowsSession, WorkflowsSession]]:
+    """Two sessions as two processes would have them: a RedisCache and a Redis client
+    each, on one Redis."""
+    from cfwf_async.redis import RedisCache
+
+    async with held_url(held) as url, \
+            RedisCache.from_url(redis_server.url, prefix=prefix, fill_wait=30) as ca, \
+            RedisCache.from_url(redis_server.url, prefix=prefix, fill_wait=30) as cb, \
+            held_session(held, url, cache=ca) as a, held_session(held, url, cache=cb) as b:
+        yield a, b
+
+
+async def _waiting_in_redis(session: WorkflowsSession) -> None:
+    """Until ``session``'s RedisCache listens for stores (it starts to when a read first
+    waits for another process's request)."""
+    with anyio.fail_after(5):
+        await session._reads.cache._fills.ready.wait()  # type: ignore[union-attr]
+
+
+@needs_redis
+async def test_processes_sharing_a_redis_cache_share_one_request(
+    redis_server: RedisServer,
+) -> None:
+    held = Held()
+    async with two_processes(held, redis_server, "quota-miss-1:") as (a, b):
+        got: list[object] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: _append(got, a.get_instance(WF, ID)))
+            await held.arrivals(1)
+            for _ in range(20):  # b's callers: one lookup, waiting for a's request
+                tg.start_soon(lambda: _append(got, b.get_instance(WF, ID)))
+            await _waiting_in_redis(b)
+            held.open.set()
+    assert held.requests == 1
+    assert len(got) == 21
+    assert all(getattr(g, "status", None) == "running" for g in got)
+
+
+@needs_redis
+@pytest.mark.parametrize("how", ["fails", "is cancelled"])
+async def test_a_process_waiting_for_a_request_that_fails_sends_its_own_at_once(
+    redis_server: RedisServer, how: str
+) -> None:
+    held = Held()
+    if how == "fails":
+        held.api.inject(Fault.http(404))
+    prefix = f"quota-miss-{how[:4]}:"
+    async with two_processes(held, redis_server, prefix) as (a, b):
+        got: list[object] = []
+        with anyio.fail_after(10):  # far less than the 30 s fill_wait
+            async with anyio.create_task_group() as tg:
+                scope = anyio.CancelScope()
+
+                async def first() -> None:
+                    with scope, suppress(NotFoundError):
+                        await a.get_instance(WF, ID)
+
+                tg.start_soon(first)
+                await held.arrivals(1)
+                tg.start_soon(lambda: _append(got, b.get_instance(WF, ID)))
+                await _waiting_in_redis(b)
+                if how == "is cancelled":
+                    scope.cancel()
+                held.open.set()
+    assert [getattr(g, "status", None) for g in got] == ["running"]
+    assert held.arrived == 2
 
 
 async def test_redis_down_does_not_fail_calls(

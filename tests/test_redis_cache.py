@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
 import pytest
 import redis.asyncio as aioredis
@@ -60,8 +61,11 @@ async def store(c: RedisCache, k: CacheKey, value: Any, *, age: float = 0.0) -> 
     await c.put(k, value, miss, age=age)
 
 
-async def ttls(client: aioredis.Redis, prefix: str) -> list[int]:
-    return [await client.pttl(k) async for k in client.scan_iter(match=prefix + "*")]
+async def ttls(client: aioredis.Redis, prefix: str, *, leases: bool = False) -> list[int]:
+    """PTTLs of the entries and generations under ``prefix`` (of the fill leases if
+    ``leases``)."""
+    return [await client.pttl(k) async for k in client.scan_iter(match=prefix + "*")
+            if k.endswith(b":fill") == leases]
 
 
 async def test_caches_on_one_redis_share_entries(
@@ -80,6 +84,10 @@ async def test_caches_on_one_redis_share_entries(
     # Every key expires on the server: entry and generation.
     left = await ttls(rclient, prefix)
     assert len(left) == 2
+    # The misses took fill leases; they expire too, within fill_wait.
+    leases = await ttls(rclient, prefix, leases=True)
+    assert leases
+    assert all(0 < ms <= 5000 for ms in leases)
     assert all(0 < t <= 2000 for t in left)
 
 
@@ -103,8 +111,10 @@ async def test_terminal_answers_live_terminal_ttl_and_others_are_not_stored(
 async def test_age_and_max_age_and_each_readers_own_ttl(
     rclient: aioredis.Redis, prefix: str
 ) -> None:
-    writer = RedisCache(rclient, prefix=prefix, ttl=10.0)
-    strict = RedisCache(rclient, prefix=prefix, ttl=1.0)
+    # The bare gets below stand for reads that never store: fill_wait=0, so that none
+    # waits for another's miss (sharing misses has tests of its own).
+    writer = RedisCache(rclient, prefix=prefix, ttl=10.0, fill_wait=0)
+    strict = RedisCache(rclient, prefix=prefix, ttl=1.0, fill_wait=0)
     inst = instance()
     await store(writer, key(), inst, age=2.0)  # fetched two seconds ago
     assert await writer.get(key()) == inst
@@ -214,6 +224,69 @@ async def test_arguments_are_checked(rclient: aioredis.Redis) -> None:
         RedisCache.from_url(b"redis://x")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_age"):
         await RedisCache(rclient).get(key(), max_age=-1)
+    with pytest.raises(ValueError, match="fill_wait"):
+        RedisCache(rclient, fill_wait=61)
+    with pytest.raises(TypeError, match="fill_wait"):
+        RedisCache(rclient, fill_wait="1")  # type: ignore[arg-type]
+
+
+# -- misses shared between processes ------------------------------------------------------
+
+
+async def subscribed(cache: RedisCache) -> None:
+    """Until ``cache`` listens for stores (it starts to when a read first waits)."""
+    with anyio.fail_after(5):
+        await cache._fills.ready.wait()
+
+
+async def test_a_reader_waits_for_the_answer_another_process_is_fetching(
+    redis_server: RedisServer, rclient: aioredis.Redis, prefix: str
+) -> None:
+    async with RedisCache.from_url(redis_server.url, prefix=prefix) as a, \
+            RedisCache.from_url(redis_server.url, prefix=prefix, fill_wait=30) as b:
+        miss = await a.get(key())
+        assert isinstance(miss, Miss)  # and a's to fill: b waits for it
+        async with anyio.create_task_group() as tg:
+            got: list[object] = []
+
+            async def read() -> None:
+                got.append(await b.get(key()))
+
+            tg.start_soon(read)
+            await subscribed(b)
+            assert got == []
+            await a.put(key(), instance(), miss)
+        assert got == [instance()]
+        assert await ttls(rclient, prefix, leases=True) == [], "the lease was given back"
+
+
+@pytest.mark.parametrize("how", ["released", "not kept", "lease expired"])
+async def test_a_reader_stops_waiting_when_the_fetch_brings_nothing(
+    redis_server: RedisServer, rclient: aioredis.Redis, prefix: str, how: str
+) -> None:
+    fill_wait = 0.3 if how == "lease expired" else 30.0
+    async with RedisCache.from_url(redis_server.url, prefix=prefix, fill_wait=fill_wait) as a, \
+            RedisCache.from_url(redis_server.url, prefix=prefix, fill_wait=30) as b:
+        miss = await a.get(key())
+        assert isinstance(miss, Miss)
+        with anyio.fail_after(10):  # far less than b's own fill_wait
+            async with anyio.create_task_group() as tg:
+                got: list[object] = []
+
+                async def read() -> None:
+                    got.append(await b.get(key()))
+
+                tg.start_soon(read)
+                if how != "lease expired":
+                    await subscribed(b)
+                if how == "released":  # the request failed
+                    await a.release(key(), miss)
+                elif how == "not kept":  # a step output still running is never stored
+                    await a.put(key(), StepOutput(status="running", output=1), miss)
+        # b found nothing to read: its read sends its own request, holding no lease.
+        [found] = got
+        assert isinstance(found, Miss)
+        assert found.token[2] == ""  # type: ignore[index]
 
 
 async def test_repr_shows_where_but_never_the_password(redis_server: RedisServer) -> None:
