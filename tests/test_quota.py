@@ -591,6 +591,26 @@ async def test_a_process_waiting_for_a_request_that_fails_sends_its_own_at_once(
     assert held.arrived == 2
 
 
+@needs_redis
+async def test_a_read_after_a_write_does_not_take_another_process_answer_begun_before(
+    redis_server: RedisServer,
+) -> None:
+    held = Held()
+    async with two_processes(held, redis_server, "quota-miss-write:") as (a, b):
+        got: list[object] = []
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: _append(got, a.get_instance(WF, ID)))
+                await held.arrivals(1)  # a's request began: before b's write
+                b._note_write(held.api.account_id, WF, ID)  # as b's pause would
+                tg.start_soon(lambda: _append(got, b.get_instance(WF, ID)))
+                await _waiting_in_redis(b)
+                held.open.set()
+    # a's answer was not stored (the write came after its lookup), so b sent its own.
+    assert held.arrived == 2
+    assert len(got) == 2
+
+
 async def test_redis_down_does_not_fail_calls(
     fake_api: FakeWorkflowsAPI, make_session: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
