@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
-import aiohttp
 import anyio
 import msgspec
-from yarl import URL
 
 from . import _protocol as proto
 from . import _transport as transport
 from . import _wire as wire
 from . import errors
 from ._calls import Caller
-from ._retry import RetryBudget
 from .models import (
     CreatedInstance,
     Instance,
@@ -80,25 +77,48 @@ def _conflict(call: str, message: str, cause: errors.WorkflowsError) -> errors.C
     )
 
 
+class _WriteOutcome(Generic[T]):
+    """The exactly-once rules, applied to each failed attempt of one write.
+
+    ``once``: never resent after an unknown outcome. ``recover``: see :data:`Recover`;
+    without one, a definite answer is raised as it is. ``applied``: an earlier request
+    of this call may have been applied.
+    """
+
+    __slots__ = ("applied", "call", "method", "once", "recover")
+
+    def __init__(
+        self, call: str, method: str, *, once: bool, recover: Recover[T] | None, applied: bool
+    ) -> None:
+        self.call, self.method, self.once = call, method, once
+        self.recover, self.applied = recover, applied
+
+    async def after(self, failure: errors.WorkflowsError) -> tuple[T] | None:
+        unsent = transport.never_sent(failure)
+        unknown = not unsent and wire.outcome_unknown(failure)
+        if unknown and self.once:
+            raise _unknown(self.call, failure)
+        if not unsent and self.recover is not None:
+            settled = await self.recover(failure, self.applied, unknown)
+            if settled is not None:
+                return settled
+        elif not unsent and not unknown:
+            raise failure
+        self.applied = self.applied or unknown
+        return None
+
+    def give_up(self, failure: errors.WorkflowsError) -> errors.WorkflowsError:
+        if self.applied and self.method != "GET":
+            return _unknown(self.call, failure)
+        return failure
+
+
 class ControlMixin:
     """The write calls of :class:`~cfwf_async.WorkflowsSession` (see the module)."""
 
     if TYPE_CHECKING:  # what the session provides
-
-        @property
-        def base_url(self) -> str: ...
-        @property
-        def timeout(self) -> float: ...
-        @property
-        def closed(self) -> bool: ...
-        @property
-        def _gate(self) -> transport.Gate: ...
-        @property
-        def _sender(self) -> transport.Sender: ...
-        _budget: RetryBudget | None
         _caller: Caller
 
-        def _client(self) -> aiohttp.ClientSession: ...
         def _account(self, account_id: str | None) -> str: ...
 
     def _note_write(self, account: str, workflow_name: str, instance_id: str) -> None:
@@ -108,7 +128,7 @@ class ControlMixin:
         instance's entries.
         """
 
-    # -- the one write loop ----------------------------------------------------------
+    # -- writes go through the session's request loop --------------------------------
 
     async def _write(
         self,
@@ -121,51 +141,12 @@ class ControlMixin:
         once: bool = False,
         recover: Recover[T] | None = None,
         applied: bool = False,
-        query: str = "",
     ) -> T:
-        """One call through the limiter with the exactly-once rules of the module.
-
-        ``once``: never resent after an unknown outcome. ``recover``: see
-        :data:`Recover`; without one, a definite answer is raised as it is. ``applied``:
-        an earlier request of this call may have been applied.
-        """
-        url = URL(self.base_url + path + (f"?{query}" if query else ""), encoded=True)
-        request = transport.Request(
-            path, url, decode, None, timeout=self.timeout, closed=lambda: self.closed,
-            method=method, body=body,
-        )
-        http = self._client()
-        attempt = spent = 0
-        while True:
-            if self.closed:
-                raise errors.APIConnectionError(f"{method} {path}: the session was closed")
-            if not self._gate.idle:
-                await self._gate.wait_turn()
-            attempt += 1
-            try:
-                result = await self._sender.attempt(http, request, attempt)
-            except errors.WorkflowsError as exc:
-                failure = exc
-            else:
-                if self._budget is not None:
-                    self._budget.refund(spent)
-                return result
-            unsent = transport.never_sent(failure)
-            unknown = not unsent and wire.outcome_unknown(failure)
-            if unknown and once:
-                raise _unknown(call, failure)
-            if not unsent and recover is not None:
-                settled = await recover(failure, applied, unknown)
-                if settled is not None:
-                    return settled[0]
-            elif not unsent and not unknown:
-                raise failure
-            applied = applied or unknown
-            delay = self._caller.retry_delay(attempt, failure, path, method=method)
-            if delay is None:
-                raise _unknown(call, failure) if applied and method != "GET" else failure
-            spent = delay[1]
-            await anyio.sleep(delay[0])
+        """One call through the session's request loop, with the exactly-once rules of
+        the module (:class:`_WriteOutcome`)."""
+        outcome = _WriteOutcome(call, method, once=once, recover=recover, applied=applied)
+        return await self._caller.call(path, {}, decode, method=method, body=body,
+                                       outcome=outcome)
 
     async def _probe(
         self, account: str, workflow_name: str, instance_id: str, call: str
@@ -176,9 +157,7 @@ class ControlMixin:
         """
         path = proto.instance_path(account, workflow_name, instance_id)
         try:
-            return await self._write(
-                "GET", path, None, proto.decode_instance, call=call, query="simple=true"
-            )
+            return await self._caller.call(path, {"simple": "true"}, proto.decode_instance)
         except errors.NotFoundError:
             return None
         except errors.WorkflowsError as exc:

@@ -2,11 +2,11 @@
 
 :class:`WorkflowsMixin` holds the workflow and version calls of
 :class:`~cfwf_async.WorkflowsSession`. Every call goes through the session's limiter,
-retry policy and budget, error model and debug log: reads through the same loop as
-``get_instance``, writes through the write loop, where the idempotent
-``update_workflow`` (a PUT) is retried like a read and ``delete_workflow`` is retried
-too, a 404 on a retry after an unknown outcome meaning the workflow was deleted (the
-rule ``delete_instance`` follows).
+retry policy and budget, error model and debug log (one request loop, ``_calls``):
+reads as ``get_instance`` does, writes with the exactly-once rules of ``_control``. The
+idempotent ``update_workflow`` (a PUT) is retried like a read, and ``delete_workflow``
+is retried too, a 404 on a retry after an unknown outcome meaning the workflow was
+deleted (the rule ``delete_instance`` follows).
 """
 
 from __future__ import annotations
