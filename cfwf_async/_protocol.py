@@ -489,6 +489,18 @@ LIST_STATUSES: Final = tuple(sorted(INSTANCE_STATUSES))
 _CURSOR_SHOWN: Final = 80
 
 
+def instance_query(order: object, simple: object) -> dict[str, str]:
+    """The checked query of a ``get_instance`` request (None: the API's default)."""
+    query: dict[str, str] = {}
+    if order is not None:
+        query["order"] = check_choice("order", order, ORDERS)
+    if simple is not None:
+        if not isinstance(simple, bool):
+            raise TypeError(f"simple must be a bool, got {type(simple).__name__}")
+        query["simple"] = "true" if simple else "false"
+    return query
+
+
 def listing_query(
     *,
     status: object = None,

@@ -1,4 +1,4 @@
-"""The sans-I/O side of the write calls, workflows and versions.
+"""The sans-I/O side of the write calls, workflows, versions and raw instance answers.
 
 Paths, argument checks, request bodies, answer decoders, and how a failed write is
 classified (refused, already exists, outcome unknown). Pure functions only, like
@@ -291,6 +291,20 @@ def decode_batch_result(
             status_code=status, cf_ray=cf_ray,
         ) from None
     return InstanceBatchResult(done=done, errors=errs)
+
+
+class _ResultOnly(msgspec.Struct, gc=False):
+    result: msgspec.Raw
+
+
+_result_only: Final = msgspec.json.Decoder(_ResultOnly)
+
+
+def decode_instance_json(body: bytes, *, status: int = 200, cf_ray: str | None = None) -> bytes:
+    """A 2xx ``get_instance`` body's own ``result``, byte for byte, once it decodes as an
+    instance (a broken one raises as :func:`~cfwf_async._protocol.decode_instance` does)."""
+    proto.decode_instance(body, status=status, cf_ray=cf_ray)
+    return bytes(_decoding.surrogate_tolerant(_result_only.decode, body).result)
 
 
 # ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import aiohttp
 
 from . import _protocol as proto
 from . import _transport as transport
+from . import _wire as wire
 from ._calls import Caller, env_credentials
 from ._control import ControlMixin
 from ._reads import WAIT_TARGET, Reads, poll
@@ -234,18 +235,42 @@ class WorkflowsSession(WorkflowsMixin, ControlMixin, AsyncResource):
             for step in inst.steps:
                 print(step.type, step.name)
         """
+        path, query = self._instance_request(
+            workflow_name, instance_id, order, simple, account_id
+        )
+        return await self._read(path, path, query, proto.decode_instance, Instance, max_age)
+
+    async def get_instance_json(
+        self,
+        workflow_name: str,
+        instance_id: str,
+        *,
+        order: str | None = None,
+        simple: bool | None = None,
+        account_id: str | None = None,
+    ) -> bytes:
+        """The API's own ``result`` object of :meth:`get_instance`, as JSON bytes.
+
+        For a tool that passes the answer on (``cfwf describe --json`` prints it): null
+        fields and fields this version does not know stay as sent. The answer is still
+        checked as an :class:`Instance`, so a broken one raises what :meth:`get_instance`
+        would. Always a request of its own: never cached, never shared.
+        """
+        path, query = self._instance_request(
+            workflow_name, instance_id, order, simple, account_id
+        )
+        return await self._caller.call(path, query, wire.decode_instance_json)
+
+    def _instance_request(
+        self, workflow_name: str, instance_id: str, order: str | None, simple: bool | None,
+        account_id: str | None,
+    ) -> tuple[str, dict[str, str]]:
+        """The checked path and query of a ``get_instance`` request."""
         account = self._account(account_id)
         proto.check_workflow_name(workflow_name)
         proto.check_instance_id(instance_id)
-        query: dict[str, str] = {}
-        if order is not None:
-            query["order"] = proto.check_choice("order", order, proto.ORDERS)
-        if simple is not None:
-            if not isinstance(simple, bool):
-                raise TypeError(f"simple must be a bool, got {type(simple).__name__}")
-            query["simple"] = "true" if simple else "false"
-        path = proto.instance_path(account, workflow_name, instance_id)
-        return await self._read(path, path, query, proto.decode_instance, Instance, max_age)
+        query = proto.instance_query(order, simple)
+        return proto.instance_path(account, workflow_name, instance_id), query
 
     async def get_step_output(
         self,
@@ -549,12 +574,14 @@ class WorkflowsSession(WorkflowsMixin, ControlMixin, AsyncResource):
         *,
         on_stream: Callable[[aiohttp.ClientResponse, str | None], T] | None = None,
     ) -> T:
-        """A read through the cache and coalescer (see ``_reads``), else :meth:`_call`."""
+        """A read through the cache and coalescer (see ``_reads``), else the request
+        loop: ``decode`` turns a 2xx JSON body into the result; ``on_stream``, when given,
+        takes over a 2xx ``application/octet-stream`` answer instead."""
         max_age = check_max_age(max_age)
         return await self._reads.read(
             self._reads.key(scope_path, path, query),
             path,
-            lambda: self._call(path, query, decode, on_stream=on_stream),
+            lambda: self._caller.call(path, query, decode, on_stream),
             kind,
             max_age=max_age,
         )
@@ -569,18 +596,3 @@ class WorkflowsSession(WorkflowsMixin, ControlMixin, AsyncResource):
             proto.instance_path(account, workflow_name, instance_id),
             proto.instances_path(account, workflow_name),
         )
-
-    async def _call(
-        self,
-        path: str,
-        query: Mapping[str, str],
-        decode: transport.Decode[T],
-        *,
-        on_stream: Callable[[aiohttp.ClientResponse, str | None], T] | None = None,
-    ) -> T:
-        """One API call: limiter, attempt, classify, and retries per the policy.
-
-        ``decode`` turns a 2xx JSON body into the result; ``on_stream``, when given,
-        takes over a 2xx ``application/octet-stream`` answer instead.
-        """
-        return await self._caller.call(path, query, decode, on_stream)

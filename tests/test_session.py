@@ -5,8 +5,10 @@ Every test talks HTTP to a real aiohttp.web server (the fake API or a plain app)
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib.util
+import json
 import logging
 import socket
 import time
@@ -29,6 +31,7 @@ from cfwf_async import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    Instance,
     InternalServerError,
     NotFoundError,
     PermissionDeniedError,
@@ -109,6 +112,37 @@ async def test_get_instance_simple_true(api: FakeWorkflowsAPI, session: Workflow
     assert api.requests[0].query == {"simple": "true", "order": "asc"}
     assert inst.steps == []
     assert inst.step_count == 3
+
+
+@pytest.mark.anyio
+async def test_get_instance_json_is_the_apis_own_result(
+    api: FakeWorkflowsAPI, session: WorkflowsSession
+) -> None:
+    result = dict(make_instance("running", steps=2), novel={"kept": [1, None]}, error=None)
+    result["steps"].append({"type": "checkpoint", "name": "cp", "extra": None})
+    api.add_instance("checkout", "order-982", result)
+    raw, inst = await asyncio.gather(
+        session.get_instance_json("checkout", "order-982", order="desc", simple=False),
+        session.get_instance("checkout", "order-982", order="desc", simple=False),
+    )
+    # Both ran at once with one path and query, yet neither joined the other.
+    newest_first = dict(result, steps=result["steps"][::-1])
+    assert json.loads(raw) == json.loads(json.dumps(newest_first))
+    assert isinstance(inst, Instance)
+    assert len(api.requests) == 2
+    assert api.requests[0].query == {"order": "desc", "simple": "false"}
+    with pytest.raises(ValueError, match="order"):
+        await session.get_instance_json("checkout", "order-982", order="up")
+    assert len(api.requests) == 2
+
+
+@pytest.mark.anyio
+async def test_get_instance_json_checks_the_answer_like_get_instance(
+    api: FakeWorkflowsAPI, session: WorkflowsSession
+) -> None:
+    api.inject(Fault.malformed(200, b'{"success": true, "result": {"status": 5}}'))
+    with pytest.raises(APIResponseValidationError, match=r"\$\.result\.status"):
+        await session.get_instance_json("checkout", "order-981")
 
 
 @pytest.mark.anyio

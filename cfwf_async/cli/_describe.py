@@ -6,9 +6,6 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import msgspec
-
-from .. import _protocol as proto
 from ..models import (
     Attempt,
     Instance,
@@ -261,31 +258,14 @@ def _output_text(output: Any, truncate: int, ellipsis: str) -> str:
     return text
 
 
-class _ResultOnly(msgspec.Struct):
-    result: msgspec.Raw
-
-
 async def fetch_instance_result(session: WorkflowsSession, workflow: str, instance_id: str,
                                 *, order: str) -> bytes:
     """The API's own ``result`` object for an instance, byte for byte.
 
     ``describe --json`` prints this rather than re-encoding the decoded
     :class:`Instance`, which drops null fields and fields this version does not know.
-    The body is still decoded as an instance first, so a broken answer fails exactly
-    as ``get_instance`` would. The SDK has no public call for the raw body, so this goes
-    through the session's own request path (limiter, retries, error mapping).
     """
-    account = session._account(None)
-    proto.check_workflow_name(workflow)
-    proto.check_instance_id(instance_id)
-    query = {"order": proto.check_choice("order", order, proto.ORDERS)}
-    path = proto.instance_path(account, workflow, instance_id)
-
-    def decode(body: bytes, *, status: int, cf_ray: str | None) -> bytes:
-        proto.decode_instance(body, status=status, cf_ray=cf_ray)
-        return bytes(msgspec.json.decode(body, type=_ResultOnly).result)
-
-    return await session._call(path, query, decode)
+    return await session.get_instance_json(workflow, instance_id, order=order)
 
 
 async def _latest(session: WorkflowsSession, workflow: str, console: Console) -> str | None:
