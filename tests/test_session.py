@@ -49,7 +49,10 @@ ServeApp = Callable[[web.Application], AbstractAsyncContextManager[str]]
 PREFIX = "/client/v4/accounts/test-account/workflows"
 
 
-def make_session(api: FakeWorkflowsAPI, base_url: str, **kw: Any) -> WorkflowsSession:
+def plain_session(api: FakeWorkflowsAPI, base_url: str, **kw: Any) -> WorkflowsSession:
+    """A session the test itself closes, or deliberately leaves unclosed (the conftest
+    ``make_session`` fixture closes every session it made, which some tests here must
+    not have done for them)."""
     kw.setdefault("rate_limit", None)
     kw.setdefault("api_token", api.api_token)
     kw.setdefault("account_id", api.account_id)
@@ -447,7 +450,7 @@ async def test_long_retry_after_raises_at_once_and_blocks_the_session(
         errors=[(971, "Please wait and consider throttling your request speed")],
         headers={"Retry-After": "300"},
     ))
-    async with make_session(api, base_url, **kw) as s:
+    async with plain_session(api, base_url, **kw) as s:
         started = time.monotonic()
         with anyio.fail_after(5), pytest.raises(RateLimitError) as info:
             await s.get_instance("checkout", "order-981")
@@ -470,7 +473,7 @@ async def test_long_retry_after_raises_at_once_and_blocks_the_session(
 @pytest.mark.anyio
 async def test_retry_after_cap_is_configurable(api: FakeWorkflowsAPI, base_url: str) -> None:
     api.inject(Fault.http(429, headers={"Retry-After": "2"}))
-    async with make_session(api, base_url, retry_after_cap=1.0) as s:
+    async with plain_session(api, base_url, retry_after_cap=1.0) as s:
         with anyio.fail_after(5), pytest.raises(RateLimitError) as info:
             await s.get_instance("checkout", "order-981")
     assert info.value.retry_after == 2
@@ -484,7 +487,7 @@ async def test_short_retry_after_is_honoured(
 ) -> None:
     kw: dict[str, Any] = {"rate_limit": RateLimit(1200, 300.0) if limiter else None}
     api.inject(Fault.http(429, headers={"Retry-After": "0.3"}))
-    async with make_session(api, base_url, max_retries=1, **kw) as s:
+    async with plain_session(api, base_url, max_retries=1, **kw) as s:
         started = time.monotonic()
         inst = await s.get_instance("checkout", "order-981")
         waited = time.monotonic() - started
@@ -496,7 +499,7 @@ async def test_short_retry_after_is_honoured(
 @pytest.mark.anyio
 async def test_retry_after_zero_retries_at_once(api: FakeWorkflowsAPI, base_url: str) -> None:
     api.inject(Fault.http(429, headers={"Retry-After": "0"}))
-    async with make_session(api, base_url, max_retries=1) as s:
+    async with plain_session(api, base_url, max_retries=1) as s:
         inst = await s.get_instance("checkout", "order-981")
     assert inst.status == "complete"
     assert len(api.requests) == 2
@@ -507,7 +510,7 @@ async def test_429_without_retry_after_and_no_retries(
     api: FakeWorkflowsAPI, base_url: str
 ) -> None:
     api.inject(Fault.http(429))
-    async with make_session(api, base_url, max_retries=0) as s:
+    async with plain_session(api, base_url, max_retries=0) as s:
         with pytest.raises(RateLimitError) as info:
             await s.get_instance("checkout", "order-981")
         assert info.value.retry_after is None
@@ -523,7 +526,7 @@ async def test_429_without_retry_after_and_no_retries(
 @pytest.mark.anyio
 async def test_503_twice_then_success(api: FakeWorkflowsAPI, base_url: str) -> None:
     api.inject(Fault.http(503), times=2)
-    async with make_session(api, base_url, max_retries=2) as s:
+    async with plain_session(api, base_url, max_retries=2) as s:
         inst = await fast_backoff(s).get_instance("checkout", "order-981")
     assert inst.status == "complete"
     assert len(api.requests) == 3
@@ -532,7 +535,7 @@ async def test_503_twice_then_success(api: FakeWorkflowsAPI, base_url: str) -> N
 @pytest.mark.anyio
 async def test_retries_run_out(api: FakeWorkflowsAPI, base_url: str) -> None:
     api.inject(Fault.http(503), times=3)
-    async with make_session(api, base_url, max_retries=2) as s:
+    async with plain_session(api, base_url, max_retries=2) as s:
         with pytest.raises(InternalServerError) as info:
             await fast_backoff(s).get_step_output("checkout", "order-981", name="fetch page-1")
     assert info.value.status_code == 503
@@ -543,7 +546,7 @@ async def test_retries_run_out(api: FakeWorkflowsAPI, base_url: str) -> None:
 @pytest.mark.parametrize("status", [408, 409, 500, 502, 504, 520])
 async def test_retryable_statuses(api: FakeWorkflowsAPI, base_url: str, status: int) -> None:
     api.inject(Fault.http(status))
-    async with make_session(api, base_url, max_retries=1) as s:
+    async with plain_session(api, base_url, max_retries=1) as s:
         inst = await fast_backoff(s).get_instance("checkout", "order-981")
     assert inst.status == "complete"
     assert len(api.requests) == 2
@@ -559,7 +562,7 @@ async def test_other_4xx_never_retry(
     api: FakeWorkflowsAPI, base_url: str, status: int, cls: type[APIStatusError]
 ) -> None:
     api.inject(Fault.http(status), times=3)
-    async with make_session(api, base_url, max_retries=2) as s:
+    async with plain_session(api, base_url, max_retries=2) as s:
         with pytest.raises(cls):
             await fast_backoff(s).get_instance("checkout", "order-981")
     assert len(api.requests) == 1
@@ -576,7 +579,7 @@ async def test_not_found_is_not_retried(api: FakeWorkflowsAPI, session: Workflow
 @pytest.mark.anyio
 async def test_max_retries_zero(api: FakeWorkflowsAPI, base_url: str) -> None:
     api.inject(Fault.http(503))
-    async with make_session(api, base_url, max_retries=0) as s:
+    async with plain_session(api, base_url, max_retries=0) as s:
         with pytest.raises(InternalServerError):
             await s.get_instance("checkout", "order-981")
     assert len(api.requests) == 1
@@ -732,7 +735,7 @@ async def test_redirects_are_not_followed(api: FakeWorkflowsAPI, base_url: str) 
     async with elsewhere.serve() as other_url:
         target = other_url + "/accounts/test-account/workflows/checkout/instances/order-981"
         api.inject(Fault.http(302, body=b"", headers={"Location": target}))
-        async with make_session(api, base_url) as s:
+        async with plain_session(api, base_url) as s:
             with pytest.raises(APIStatusError) as info:
                 await s.get_instance("checkout", "order-981")
     assert type(info.value) is APIStatusError
@@ -749,7 +752,7 @@ async def test_redirects_are_not_followed(api: FakeWorkflowsAPI, base_url: str) 
 async def test_session_rate_limit_holds_the_next_call(
     api: FakeWorkflowsAPI, base_url: str
 ) -> None:
-    async with make_session(api, base_url, rate_limit=RateLimit(2, 0.4)) as s:
+    async with plain_session(api, base_url, rate_limit=RateLimit(2, 0.4)) as s:
         started = time.monotonic()
         await s.get_instance("checkout", "order-981")
         await s.get_step_output("checkout", "order-981", name="fetch page-1")
@@ -776,7 +779,7 @@ async def test_callers_http_session_is_used_and_left_open(
     trace = aiohttp.TraceConfig()
     trace.on_request_start.append(on_start)
     async with aiohttp.ClientSession(trace_configs=[trace]) as http:
-        async with make_session(api, base_url, http_session=http) as s:
+        async with plain_session(api, base_url, http_session=http) as s:
             await s.get_instance("checkout", "order-981")
         assert s.closed
         assert not http.closed
@@ -790,7 +793,7 @@ async def test_callers_http_session_is_used_and_left_open(
 
 @pytest.mark.anyio
 async def test_aclose_without_async_with(api: FakeWorkflowsAPI, base_url: str) -> None:
-    s = make_session(api, base_url)
+    s = plain_session(api, base_url)
     inst = await s.get_instance("checkout", "order-981")
     assert inst.status == "complete"
     http = s._http
@@ -811,12 +814,12 @@ async def test_no_unclosed_warnings(
     caplog.set_level(logging.DEBUG)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        async with make_session(api, base_url) as s:
+        async with plain_session(api, base_url) as s:
             await s.get_instance("checkout", "order-981")
-        s2 = make_session(api, base_url)
+        s2 = plain_session(api, base_url)
         await s2.get_step_output("checkout", "order-981", name="fetch page-1")
         await s2.aclose()
-        never_used = make_session(api, base_url)
+        never_used = plain_session(api, base_url)
         del s, s2, never_used
         gc.collect()
         await anyio.lowlevel.checkpoint()  # let aiohttp's close callbacks run
@@ -1053,6 +1056,6 @@ async def test_a_limiter_with_only_the_protocol_methods_still_works(
             pass
 
     plain = Plain()
-    async with make_session(api, base_url, rate_limit=plain) as s:
+    async with plain_session(api, base_url, rate_limit=plain) as s:
         await s.get_instance("checkout", "order-981")
     assert plain.acquired == 1
