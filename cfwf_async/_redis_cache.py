@@ -287,6 +287,7 @@ class RedisCache(AsyncResource):
         self._put = client.register_script(_PUT)
         self._release = client.register_script(_RELEASE)
         self._invalidate = client.register_script(_INVALIDATE)
+        self._lease_ms: Final = max(1, round(self.fill_wait * 1000))
         self._channel: Final = self.prefix + "filled"
         self._fills: Final = _Fills(client, self._channel)
         self._down_until: float | None = None  # set while Redis is skipped
@@ -384,10 +385,9 @@ class RedisCache(AsyncResource):
         """One run of the lookup script; None if Redis failed."""
         live = self.ttl if max_age is None else min(self.ttl, max_age)
         done = self.terminal_ttl if max_age is None else min(self.terminal_ttl, max_age)
-        lease_ms = max(1, round(self.fill_wait * 1000))
         try:
             reply = await self._get(keys=list(keys), args=[
-                round(live * 1000), round(done * 1000), lease, lease_ms,
+                round(live * 1000), round(done * 1000), lease, self._lease_ms,
             ])
         except (RedisError, OSError) as exc:
             self._failed(exc)

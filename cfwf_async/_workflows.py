@@ -12,17 +12,14 @@ deleted (the rule ``delete_instance`` follows).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import Final, TypeVar
 
 from . import _protocol as proto
 from . import _transport as transport
 from . import _wire as wire
+from ._control import ControlMixin
 from .listing import PageListing, version_key, workflow_key
 from .models import VersionGraph, Workflow, WorkflowVersion
-
-if TYPE_CHECKING:
-    from ._calls import Caller
-    from ._control import Recover
 
 __all__ = ["WorkflowsMixin"]
 
@@ -31,27 +28,12 @@ T = TypeVar("T")
 PER_PAGE: Final = 100
 
 
-class WorkflowsMixin:
-    """The workflow and version calls of :class:`~cfwf_async.WorkflowsSession`."""
+class WorkflowsMixin(ControlMixin):
+    """The workflow and version calls of :class:`~cfwf_async.WorkflowsSession`.
 
-    if TYPE_CHECKING:  # what the session provides
-
-        _caller: Caller
-
-        def _account(self, account_id: str | None) -> str: ...
-        async def _write(
-            self,
-            method: str,
-            path: str,
-            body: bytes | None,
-            decode: transport.Decode[T],
-            *,
-            call: str,
-            once: bool = False,
-            recover: Recover[T] | None = None,
-            applied: bool = False,
-            query: str = "",
-        ) -> T: ...
+    Built on :class:`~cfwf_async._control.ControlMixin`: its writes go through
+    ``_write`` and its exactly-once rules.
+    """
 
     async def _get_json(
         self, path: str, decode: transport.Decode[T], query: Mapping[str, str] | None = None

@@ -13,7 +13,6 @@ from . import _protocol as proto
 from . import _transport as transport
 from . import _wire as wire
 from ._calls import Caller, env_credentials
-from ._control import ControlMixin
 from ._reads import WAIT_TARGET, Reads, poll
 from ._resource import AsyncResource
 from ._retry import RetryBudget, RetryPolicy
@@ -50,7 +49,7 @@ _DEFAULT: Final = _Default()
 _MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
 
 
-class WorkflowsSession(WorkflowsMixin, ControlMixin, AsyncResource):
+class WorkflowsSession(WorkflowsMixin, AsyncResource):
     """An async client for Cloudflare Workflows' instance and step-output endpoints.
 
     Every argument is optional where the environment can supply it::
